@@ -1,0 +1,22 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: test demo venv clean
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(VENV_STAMP)
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(VENV_STAMP)
+	$(PY) generate_art.py --steps=10 --outdir=demo-out
+
+clean:
+	rm -rf .venv demo-out
