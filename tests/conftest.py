@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests use tiny tensors: one intra-op thread per process avoids OpenMP threads spinning against each other on the
+# 2 CI cores (subprocesses inherit the variable). Set before torch is imported anywhere.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -20,3 +24,27 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f'fixtures not found at {path}; set EDM_ART_FIXTURES')
     return path
+
+
+def tiny_edm_net(label_dim: int = 0, seed: int = 0):
+    """A small EDMPrecond(SongUNet) with attention, cheap enough for CPU tests."""
+    import torch
+    from training.networks import EDMPrecond
+    torch.manual_seed(seed)
+    net = EDMPrecond(img_resolution=8, img_channels=3, label_dim=label_dim, model_type='SongUNet',
+                     model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    return net.eval().requires_grad_(False)
+
+
+def write_network_pkl(path, net) -> str:
+    """Write `net` as an upstream-style network pickle (dict with ema, loss_fn, augment_pipe, dataset_kwargs)."""
+    import pickle
+    with open(path, 'wb') as f:
+        pickle.dump(dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs=dict()), f)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_pkl(tmp_path) -> str:
+    """Path of a pickle holding a tiny unconditional network."""
+    return write_network_pkl(tmp_path / 'tiny.pkl', tiny_edm_net())

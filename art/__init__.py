@@ -1,0 +1,6 @@
+"""ART: learned timestep schedules for EDM samplers (Huang, Tang, Zhou 2026, arXiv 2601.18681).
+
+Modules: `analytic` (exact-denoiser models), `networks` (load a network by spec), `error_density` (the field f and
+the error density Q), `schedules` (the time change, the schedule file, named baselines), `closed_form` (the
+training-free ART optimum), `rl` (ART-RL). See art-method.md (method) and design.md (contracts).
+"""

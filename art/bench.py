@@ -1,0 +1,150 @@
+"""Compare schedules side by side on one network: a table of schedule x steps x metric, measured in one run.
+
+    python -m art.bench --network=analytic:gauss1d --steps=2,5,10,20,50,100 --schedules=uniform,edm,closed-form --metric=w2
+    python -m art.bench --network=analytic:gmm:mix.npz --steps=5,10 --schedules=edm,closed-form,run/schedule-k10.json
+
+Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), `closed-form` (the training-free ART optimum,
+computed once per run and read off its clock for every K) or schedule files (resampled to other K, with a note).
+Metrics: `w2`, exact for Gaussian models; `rms`, the root-mean-square endpoint error against the reference solution
+of the same latents (exact for analytic models, a high-NFE Heun solve for pickles).
+"""
+
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import click
+import torch
+
+import dnnlib
+from art import metrics
+from art.closed_form import closed_form_schedule
+from art.networks import load_network
+from art.schedules import Schedule, baseline_schedule, load_schedule
+from edm import grids
+from edm.errors import Command, UserError
+from edm.rng import StackedRandomGenerator
+from edm.sampler import nfe, sample
+
+
+class ScheduleSource:
+    """One column of the benchmark: a baseline name, 'closed-form' or a schedule file, resolved per K."""
+
+    def __init__(self, spec: str, net: torch.nn.Module, network: str, closed_form_options: Optional[dict] = None):
+        self.spec, self.net, self.network = spec, net, network
+        self.closed_form_options = closed_form_options or {}
+        self._closed_form: Optional[Schedule] = None
+        if spec not in grids.DISCRETIZATIONS and spec != 'closed-form' and not os.path.isfile(spec):
+            raise UserError(f'--schedules: {spec!r} is neither a baseline ({", ".join(grids.DISCRETIZATIONS)}), '
+                            f'closed-form, nor an existing schedule file')
+
+    @property
+    def label(self) -> str:
+        """Short name for the table."""
+        return os.path.basename(self.spec) if os.path.isfile(self.spec) else self.spec
+
+    def schedule(self, num_steps: int) -> Schedule:
+        """The grid of this source for K = num_steps."""
+        if self.spec in grids.DISCRETIZATIONS:
+            return baseline_schedule(self.spec, num_steps, net=self.net)
+        if self.spec == 'closed-form':
+            if self._closed_form is None:
+                self._closed_form = closed_form_schedule(self.net, num_steps, network=self.network,
+                                                         **self.closed_form_options)
+            return self._closed_form.resample(num_steps)
+        return load_schedule(self.spec, num_steps=num_steps, resample=True)
+
+
+def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[str], solver: str,
+              metric: str, num: int, seed: int, device: torch.device,
+              closed_form_options: Optional[dict] = None) -> List[Dict]:
+    """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value}."""
+    columns = [ScheduleSource(spec, net, network, closed_form_options) for spec in sources]
+    rnd = StackedRandomGenerator(device, list(range(seed, seed + num)))
+    latents = rnd.randn([num, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    labels = None
+    if net.label_dim:
+        labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[num], device=device)]
+    references: Dict[float, torch.Tensor] = {}
+    rows = []
+    for column in columns:
+        for num_steps in steps:
+            schedule = column.schedule(num_steps)
+            start = time.perf_counter()
+            if metric == 'w2':
+                value = metrics.exact_w2(net, schedule.sigmas, solver)
+            else:
+                sigma_T = float(schedule.sigmas[0])
+                if sigma_T not in references:
+                    references[sigma_T] = metrics.reference_endpoints(net, latents, sigma_T, labels)
+                x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
+                value = metrics.rms_error(x, references[sigma_T])
+            rows.append(dict(schedule=column.label, steps=int(num_steps), solver=solver, nfe=nfe(num_steps, solver),
+                             metric=metric, value=float(value), sigmas=schedule.sigmas.tolist(),
+                             seconds=round(time.perf_counter() - start, 3)))
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    """Rows as a Markdown table: one line per schedule, one column per K."""
+    steps = sorted({row['steps'] for row in rows})
+    names = list(dict.fromkeys(row['schedule'] for row in rows))
+    value = {(row['schedule'], row['steps']): row['value'] for row in rows}
+    metric, solver = rows[0]['metric'], rows[0]['solver']
+    header = f'| {metric} ({solver}) | ' + ' | '.join(f'K={k} (NFE {nfe(k, solver)})' for k in steps) + ' |'
+    lines = [header, '|' + '---|' * (len(steps) + 1)]
+    for name in names:
+        lines.append(f'| {name} | ' + ' | '.join(f'{value[(name, k)]:.4g}' for k in steps) + ' |')
+    return '\n'.join(lines)
+
+
+def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> List[int]:
+    """click callback: a parse_int_list of positive step counts."""
+    try:
+        steps = dnnlib.util.parse_int_list(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not steps or min(steps) < 1:
+        raise click.BadParameter('steps must be positive integers')
+    return steps
+
+
+@click.command(cls=Command)
+@click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', required=True)
+@click.option('--steps', help='Step counts K (e.g. 2,5,10)', metavar='LIST', default='2,5,10', show_default=True,
+              callback=parse_steps)
+@click.option('--schedules', help='Comma-separated baselines, closed-form, or schedule files', metavar='LIST',
+              default='edm,uniform,logsnr,closed-form', show_default=True)
+@click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
+@click.option('--metric', type=click.Choice(['w2', 'rms']), default='rms', show_default=True)
+@click.option('--num', help='Number of latents for rms', metavar='INT', type=click.IntRange(min=1), default=256,
+              show_default=True)
+@click.option('--seed', help='First seed of the latents', metavar='INT', type=click.IntRange(min=0), default=0,
+              show_default=True)
+@click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
+              type=click.IntRange(min=1), default=256, show_default=True)
+@click.option('--device', help='Device', default='cpu', show_default=True)
+@click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
+@click.option('--out', help='Write the rows as JSON here', metavar='JSON', type=str, default=None)
+def main(network: str, steps: List[int], schedules: str, solver: str, metric: str, num: int, seed: int,
+         cf_samples: int, device: str, trust_pickle: bool, out: Optional[str]) -> None:
+    """Compare schedules side by side on one network."""
+    device = torch.device(device)
+    net = load_network(network, device=device, trust_embedded_code=trust_pickle)
+    sources = [spec.strip() for spec in schedules.split(',') if spec.strip()]
+    if not sources:
+        raise UserError('--schedules is empty')
+    rows = run_bench(network, net, steps, sources, solver, metric, num, seed, device,
+                     closed_form_options=dict(num_samples=cf_samples))
+    print(format_table(rows))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        tmp = out + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(dict(network=network, metric=metric, solver=solver, num=num, seed=seed, rows=rows), f, indent=1)
+        os.replace(tmp, out)
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter

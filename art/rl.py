@@ -1,0 +1,521 @@
+"""ART-RL: learn the timestep schedule of a diffusion sampler by actor-critic RL (P1 §3-5, Algorithm 1).
+
+One readable module, top to bottom: the configuration, the clock, actor and critic, the rollout, the updates
+(TD error eqs. 22a/22b, Lagrange multiplier eq. 23, Adam), and the distillation of a sigma grid (§5 of art-method.md).
+
+Notation follows the paper.  The sampler state is x; the clock is t on a uniform grid t_k = k U / K; psi is the
+progress variable with psi(0) = 0 and, on average, psi(U) = U; theta = dpsi/dt is the control; Q is the error density
+(the total derivative of the field along the flow) and gamma the Lagrange multiplier of the budget.
+
+Formulation (each choice is a field of `ARTConfig` and is written into the schedule file's provenance):
+
+* Clock.  The noise level is sigma = Phi(U - psi) with Phi(u) = u**rho and U = T**(1/rho), T = sigma_max.  rho = 1 is
+  the paper's sigma = T - psi.  For rho > 1 the control problem is the same problem written in another clock: an Euler
+  step from sigma_k to sigma_{k+1} ~ sigma_k - Phi'(u) theta dt has local error (dt**2/2) |Q| Phi'(u)**2 theta**2, so the
+  cost density becomes |Q_u| theta**2 with |Q_u| = |Q| Phi'(u)**2 (Q the paper's sigma-form density) and the budget
+  int theta dt = U means sigma runs from T to 0.  Every grid has the same cost in both clocks, so the optimum grid is
+  unchanged, but theta is O(1) along the whole trajectory (rho = 7: theta = 1 is EDM's grid with sigma_min = 0), which is
+  what makes a Gaussian policy on linear theta with one lambda workable on image-shaped models (art-method.md §9).
+* State update.  x follows the deployed sampler exactly: x_{k+1} = x_k + (sigma_{k+1} - sigma_k) f(x_k, sigma_k), with
+  f = (x - D)/sigma and the field evaluated at max(sigma, sigma_floor); psi itself is never clipped, so eq. 23 sees
+  overshoot as well as undershoot (art-method.md §9, lesson 1).
+* Features.  Actor and critic see the time-only features (t/U, psi/U) (P1: images use low-dimensional features
+  including t and psi; distillation keeps only a time curve).
+* Variance reduction (`variance_reduction=True`).  Three unbiased substitutions that leave the expected updates of
+  eqs. 22a/22b unchanged: (i) the TD error uses the known conditional expectation of the running reward,
+  E_pi[-gamma theta - |Q| theta**2] = -gamma mu - |Q| mu**2 - lam (the randomisation cost, §3.1); (ii) the actor receives
+  the gradient of that expectation in mu analytically, -(gamma + 2 |Q| mu), instead of its likelihood-ratio estimate;
+  (iii) the likelihood-ratio term for the future value uses the baseline V(t_{k+1}, psi_k + mu_k dt), which does not
+  depend on theta_k.  The expected actor direction is (V_psi - gamma - 2|Q| mu) dmu/dvartheta, zero at eq. 18.
+* Preconditioning (`precondition=True`): each step's actor direction is divided by its curvature 2 |Q| dt (batch
+  mean), so every step moves towards its own eq.-18 target at the same relative rate although |Q| spans decades.
+  `gamma_newton=True` divides the eq.-23 step by -d psi(T)/d gamma = sum_k dt/(2|Q_k|); `gamma_init=None` starts gamma
+  where the myopic eq.-18 mean -gamma/(2|Q|) spends the budget U on the first batch.
+* Mean parametrisation.  'linear' (paper: mu = NN) or 'exp' (mu = exp(NN), positive, for the dynamic range).  Both start
+  at mu = 1, i.e. the grid uniform in the clock (Uniform for rho = 1, EDM for rho = 7): the last layer starts at zero.
+* Distillation.  'mean' (default) averages the policy mean mu_k along the last trajectories, each rescaled so that
+  sum_k mu_k dt = U; by Thm 3.2 the mean is the object that converges to the ART control, and it averages far faster
+  than the executed theta (art-method.md §9).  'executed' is the paper's literal statistic (the sampled theta).
+
+Critic-driven form (EXPERIMENTAL, not validated: see "Status" below).  Selected by any of noise='relative',
+actor_update in ('critic', 'improve'), critic_update='td+costate'; the paper's path above is unchanged otherwise.
+* Exploration `noise='relative'`: variance lam_k/|Q_k| with lam_k = rel_std**2 |Q_k| mu_k**2 (std = rel_std mu), a
+  time-varying lambda; by Thm 3.1 the value shift becomes int lam dt (absorbed by the critic NN, so V = v_scale NN);
+  by Thm 3.2 the optimal mean is unchanged.  The TD error uses the expected reward -gamma mu - |Q| mu**2 - lam_k.
+* Pathwise costate (`critic_update='td+costate'`): p_k = dV/dpsi(t_k, psi_k) = -sum_{j>=k} theta_j (q_{j+1} - q_j),
+  the psi-derivative of eq. 16 along the flow (a psi shift moves the rest of the rollout along the flow; envelope
+  theorem at eq. 18); needs |Q| at the end point (one extra JVP per trajectory).  The critic minimises the TD loss of
+  eq. 22a plus costate_weight |dV/dpsi - p|**2 (a value-gradient, DHP-style moment condition), both normalised by
+  the critic output scale v_scale (set on the first batch).
+* Actor (`actor_update`): 'critic' ascends d/dmu [r_k + V(t_{k+1}, psi_k + mu dt)] = (V_psi - gamma - 2|Q| mu) dt,
+  whose zero is eq. 18 with V_x = 0 (time-only features); 'improve' regresses log mu on the log of the time-only
+  maximiser of eq. 18, (V_psi - gamma)/(2 qbar_k) (P2's optimal-mean form, as a policy-improvement step);
+  V_psi from the critic by autograd (`costate_source='critic'`) or the batch-mean pathwise costate ('pathwise').
+* `gamma_update='solve'`: gamma moves (step gamma_lr) towards the value at which the eq.-18 targets spend U.
+* `actor_delay`: critic-only iterations first (two-timescale warm-up).  `critic_lr`: the critic's own Adam rate.
+* `deploy_steps`: train on a fine clock grid (steps) and read the deployed K-step grid off the learned clock
+  (PCHIP of sigma^(1/7) at u = i/K, art.schedules.Clock), instead of per-K training.
+
+Status of the critic-driven form (measured on write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms
+endpoint error on 256 latents; EDM rho=7: K=5 3.577, K=10 2.596; closed form: K=5 2.759 (0.771 x EDM), K=10 1.612):
+* Per-K training cannot reach the closed form even with a perfect learner.  The exact optimum of the discrete
+  objective that ART-RL optimises on the K-step grid (sum_k |Q_k| theta_k**2 dt, |Q| at the left end of each step,
+  rho = 7 clock, 128 rollouts, Nelder-Mead over theta) has rms 3.78 at K=5 and 2.93 at K=10: WORSE than EDM.  The
+  left-point quadrature of a density spanning decades inside one coarse step is what the optimiser exploits.  Hence
+  `deploy_steps`: train on a fine grid (e.g. 32 steps), where the discrete optimum approaches the continuous one.
+* With a fine grid, none of the critic-driven variants tried (DPG or improvement actor, critic or pathwise costate,
+  gamma by eq. 23 or 'solve', lr 1e-4..1e-3, batch 16-32, up to 300 iterations) changed the SHAPE of the profile:
+  the mean moved as a whole (gamma swinging between -60 and -1) and the distilled rms stayed at EDM's level.  In the
+  rho = 7 clock q = |Q| (dsigma/du)**2 -> 0 at sigma -> 0, so theta(U) = -gamma/(2 q_U) is degenerate: gamma is near
+  0 and barely pins the level, while the one-step improvement map theta -> (p(theta) - gamma)/(2 q) preserves the
+  exponent of any power-law profile theta ~ q**(-a) (it only rescales it), so undamped policy iteration does not
+  move the shape towards q**(-1/2); it needs a slow, damped (gradient) actor and a budget handled outside gamma.
+* The GMM acceptance target (within 5% of the closed form AND >= 25% below EDM at K=5 and K=10) is NOT met; note
+  that on this mixture the closed form itself is only 22.9% below EDM at K=5.
+
+Randomness: every trajectory draws its initial noise, class label and policy noise from its own torch.Generator seeded
+from (seed, iteration, global trajectory index), so the learner's RNG state is (seed, iteration) and results depend on
+the seed, not on the number of processes.  Actor and critic are initialised from a generator seeded by the seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from art.error_density import error_density, q_norm
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # averages a flat float64 vector across processes
+
+
+@dataclasses.dataclass
+class ARTConfig:
+    """Every hyper-parameter of ART-RL; defaults are the paper's (P1 App. C), `PRESETS['images']` for image models."""
+    steps: int = 100                 # K: training grid t_k = k U / K (per-K training)
+    lam: float = 0.1                 # lambda: policy variance lam / (|Q| v eps), eq. 11
+    eps: float = 1e-6                # floor on |Q|
+    lr: float = 1e-4                 # Adam learning rate, actor and critic
+    betas: tuple[float, float] = (0.9, 0.999)
+    gamma_lr: float = 1e-4           # step of the stochastic approximation eq. 23
+    gamma_init: Optional[float] = 0.0  # None: the gamma at which the myopic eq.-18 mean -gamma/(2|Q|) spends U (first batch)
+    gamma_newton: bool = False       # eq. 23 step divided by sum_k dt / (2 |Q_k|) = -d psi(T)/d gamma at eq. 18
+    width: int = 128                 # 3-layer MLPs, Softplus
+    iters: int = 5000                # N, recorded for provenance (the caller runs the loop)
+    batch: int = 1                   # trajectories per process per iteration
+    rho: float = 1.0                 # clock sigma = (U - psi)**rho; 1 = the paper's sigma = T - psi
+    sigma_floor: float = 0.002       # the field is evaluated at max(sigma, sigma_floor) (art-method.md §8 item 1)
+    mean_param: str = 'linear'       # 'linear': mu = NN; 'exp': mu = exp(NN)
+    variance_reduction: bool = False  # expected reward in the TD error, analytic immediate gradient, mean baseline
+    precondition: bool = False       # scale each step's actor direction by its inverse curvature 1/(2 |Q| dt)
+    distill: str = 'mean'            # 'mean': policy mean mu (Thm 3.2); 'executed': sampled theta (paper §5.1)
+    distill_size: int = 1000         # trajectories kept for distillation (ring buffer)
+    theta_floor: float = 1e-3        # distilled theta >= theta_floor * its mean, so the grid is strictly monotone
+    deploy_steps: Optional[int] = None  # K of the distilled grid, read off the learned clock; None: = steps
+    noise: str = 'paper'             # 'paper': var lam/|Q|; 'relative': var lam_k/|Q_k| with lam_k = rel_std^2 |Q_k| mu_k^2
+    rel_std: float = 0.1             # std(theta)/mu for noise='relative'
+    actor_update: str = 'likelihood'  # 'likelihood': eqs. 22b (+variance reduction); 'critic': DPG with dV/dpsi (eq. 18);
+                                     # 'improve': regress log mu on log of the eq.-18 maximiser (V_psi - gamma)/(2 qbar_k)
+    costate_source: str = 'critic'   # dV/dpsi for the actor: 'critic' (autograd) or 'pathwise' (batch costate, no critic)
+    gamma_update: str = 'sa'         # 'sa': eq. 23; 'solve': gamma moves (step gamma_lr) to where the eq.-18 targets spend U
+    critic_update: str = 'td'        # 'td': eq. 22a; 'td+costate': eq. 22a + regression of dV/dpsi on the costate
+    costate_weight: float = 1.0      # weight of the costate regression (relative to the TD term, both normalised)
+    critic_lr: Optional[float] = None  # Adam lr of the critic; None: = lr
+    actor_delay: int = 0             # iterations of critic-only learning (two-timescale warm-up; gamma also waits)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noise not in ('paper', 'relative'):
+            raise ValueError(f"noise must be 'paper' or 'relative', not {self.noise!r}")
+        if self.actor_update not in ('likelihood', 'critic', 'improve'):
+            raise ValueError(f"actor_update must be 'likelihood' or 'critic', not {self.actor_update!r}")
+        if self.critic_update not in ('td', 'td+costate'):
+            raise ValueError(f"critic_update must be 'td' or 'td+costate', not {self.critic_update!r}")
+        if self.costate_source not in ('critic', 'pathwise'):
+            raise ValueError(f"costate_source must be 'critic' or 'pathwise', not {self.costate_source!r}")
+        if self.gamma_update not in ('sa', 'solve'):
+            raise ValueError(f"gamma_update must be 'sa' or 'solve', not {self.gamma_update!r}")
+        if self.gamma_update == 'solve' and self.actor_update == 'likelihood':
+            raise ValueError("gamma_update='solve' needs actor_update='critic' or 'improve' (the eq.-18 targets)")
+        if self.deploy_steps is not None and self.deploy_steps < 1:
+            raise ValueError('deploy_steps must be positive')
+        if self.mean_param not in ('linear', 'exp'):
+            raise ValueError(f"mean_param must be 'linear' or 'exp', not {self.mean_param!r}")
+        if self.distill not in ('mean', 'executed'):
+            raise ValueError(f"distill must be 'mean' or 'executed', not {self.distill!r}")
+        if self.steps < 1 or self.batch < 1 or self.distill_size < 1:
+            raise ValueError('steps, batch and distill_size must be positive')
+        if not (self.lam > 0 and self.eps > 0 and self.rho >= 1):
+            raise ValueError('lam and eps must be positive and rho >= 1')
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form for the schedule file's provenance."""
+        paper = self.actor_update == 'likelihood' and self.critic_update == 'td' and self.noise == 'paper'
+        return dict(dataclasses.asdict(self), betas=list(self.betas), algorithm='ART-RL',
+                    features=['t/U', 'psi/U'], clock=f'sigma = (U - psi)**{self.rho}, U = sigma_max**(1/rho)',
+                    form='paper (eqs. 22a/22b/23)' if paper else
+                    'critic-driven (EXPERIMENTAL): eq.-18 actor from dV/dpsi, costate/TD critic (module docstring)')
+
+
+PRESETS: dict[str, dict] = {
+    'paper': {},
+    # Image-shaped models (T = 80): EDM's clock, positive mean, variance reduction, several trajectories.
+    # EXPERIMENTAL: on a 64-dim mixture this still collapses the mean below the budget (see the report); not validated.
+    'images': dict(rho=7.0, mean_param='exp', variance_reduction=True, precondition=True, gamma_newton=True, gamma_init=None, lr=1e-3, gamma_lr=0.01, batch=8, iters=2000),
+}
+
+
+class ARTDivergence(FloatingPointError):
+    """Raised when a rollout or an update produces NaN or inf; the learner's state is left at the last good step."""
+
+
+class PowerClock:
+    """The time change sigma = Phi(U - psi), Phi(u) = u**rho, on the horizon t in [0, U]."""
+
+    def __init__(self, sigma_max: float, rho: float):
+        self.rho = rho
+        self.U = sigma_max ** (1.0 / rho)
+
+    def sigma(self, psi: torch.Tensor) -> torch.Tensor:
+        """Noise level reached at progress psi (psi outside [0, U] is held at the ends)."""
+        return (self.U - psi).clamp(0.0, self.U) ** self.rho
+
+    def speed2(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(dsigma/du)**2 = (rho sigma**((rho-1)/rho))**2: converts the sigma-form |Q| into the clock's cost density."""
+        return (self.rho * sigma ** ((self.rho - 1.0) / self.rho)) ** 2
+
+
+def mlp(n_in: int, width: int, generator: torch.Generator) -> nn.Sequential:
+    """3-layer Softplus MLP with a scalar output whose last layer starts at zero."""
+    net = nn.Sequential(nn.Linear(n_in, width), nn.Softplus(), nn.Linear(width, width), nn.Softplus(),
+                        nn.Linear(width, 1)).double()
+    with torch.no_grad():
+        for layer in net[:-1]:
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+        net[-1].weight.zero_()
+        net[-1].bias.zero_()
+    return net
+
+
+def trajectory_generator(seed: int, iteration: int, index: int) -> torch.Generator:
+    """Generator of one trajectory, seeded from (seed, iteration, global trajectory index)."""
+    state = np.random.SeedSequence([seed, iteration, index]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+class ARTLearner:
+    """Actor, critic, gamma and distillation buffer of ART-RL for one frozen network; `step()` is one iteration."""
+
+    def __init__(self, net, cfg: ARTConfig, rank: int = 0, device: torch.device | str = 'cpu',
+                 reduce: Optional[Reduce] = None):
+        self.net, self.cfg, self.rank, self.device = net, cfg, rank, torch.device(device)
+        self.reduce = reduce
+        self.clock = PowerClock(float(net.sigma_max), cfg.rho)
+        self.dt = self.clock.U / cfg.steps
+        self.shape = (net.img_channels, net.img_resolution, net.img_resolution)
+        init = torch.Generator().manual_seed(cfg.seed)
+        self.actor = mlp(2, cfg.width, init).to(self.device)
+        self.critic = mlp(2, cfg.width, init).to(self.device)
+        if cfg.mean_param == 'linear':
+            with torch.no_grad():
+                self.actor[-1].bias.fill_(1.0)
+        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, betas=cfg.betas)
+        critic_lr = cfg.lr if cfg.critic_lr is None else cfg.critic_lr
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, betas=cfg.betas)
+        self.gamma = float('nan') if cfg.gamma_init is None else float(cfg.gamma_init)
+        # output scale of the critic, V = v_scale NN + lam t; 1 for the paper's form, set on the first batch otherwise
+        self.v_scale = 1.0 if self._paper_form else float('nan')
+        self.iteration = 0
+        self.buffer = torch.zeros(cfg.distill_size, cfg.steps, dtype=torch.float64)
+        self.buffer_count = 0
+
+    @property
+    def _paper_form(self) -> bool:
+        """True for the paper's updates (eqs. 22a/22b with optional variance reduction): the original code path."""
+        return self.cfg.actor_update == 'likelihood' and self.cfg.critic_update == 'td' and self.cfg.noise == 'paper'
+
+    # ---- actor and critic -------------------------------------------------------------------------------------
+
+    def features(self, t: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """Time-only features (t/U, psi/U)."""
+        return torch.stack([t / self.clock.U, psi / self.clock.U], dim=-1)
+
+    def mean(self, feat: torch.Tensor) -> torch.Tensor:
+        """Policy mean mu (eq. 20)."""
+        out = self.actor(feat).squeeze(-1)
+        return out.exp() if self.cfg.mean_param == 'exp' else out
+
+    def value(self, feat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Critic V = v_scale NN + lam t (eq. 20, Thm 3.1; lam t is dropped for noise='relative', whose generalised
+        shift int lam_k dt the NN absorbs)."""
+        shift = self.cfg.lam * t if self.cfg.noise == 'paper' else 0.0 * t
+        return self.v_scale * self.critic(feat).squeeze(-1) + shift
+
+    def value_grad(self, t: torch.Tensor, psi: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """dV/dpsi of the critic at (t, psi) by autograd."""
+        with torch.enable_grad():
+            psi = psi.detach().requires_grad_(True)
+            V = self.value(self.features(t, psi), t)
+            (grad,) = torch.autograd.grad(V.sum(), psi, create_graph=create_graph)
+        return grad
+
+    # ---- rollout ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
+        """Roll out `count` trajectories (global indices first_index...) under the current policy with the frozen net."""
+        cfg, K, dt, dev = self.cfg, self.cfg.steps, self.dt, self.device
+        gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
+        x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        x = x * float(self.net.sigma_max)                                        # x(0) ~ p_T
+        labels = None
+        if getattr(self.net, 'label_dim', 0):
+            idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
+            labels = torch.eye(self.net.label_dim, device=dev)[idx]
+        z = torch.stack([torch.randn(K, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        psi = torch.zeros(count, dtype=torch.float64, device=dev)
+        t_all, psi_all, theta_all, q_all, mu_all, lam_all = [], [], [], [], [], []
+        for k in range(K):
+            t = torch.full_like(psi, k * dt)
+            sigma = self.clock.sigma(psi)
+            sigma_eval = sigma.clamp(min=cfg.sigma_floor)
+            f, Q = error_density(self.net, x, sigma_eval, labels)
+            q = (q_norm(Q).to(psi) * self.clock.speed2(sigma_eval)).clamp(min=cfg.eps)  # |Q_u| v eps
+            mu = self.mean(self.features(t, psi))
+            if cfg.noise == 'paper':
+                theta = mu + (cfg.lam / q).sqrt() * z[:, k]                       # theta ~ N(mu, lam/|Q|), eq. 11
+                lam_k = torch.full_like(q, cfg.lam)
+            else:                                                                # lam_k = rel_std^2 |Q_k| mu_k^2
+                theta = mu + cfg.rel_std * mu.abs() * z[:, k]
+                lam_k = cfg.rel_std ** 2 * q * mu ** 2
+            for store, v in zip((t_all, psi_all, theta_all, q_all, mu_all, lam_all), (t, psi, theta, q, mu, lam_k)):
+                store.append(v)
+            psi = psi + theta * dt                                               # eq. 4
+            x = x + (self.clock.sigma(psi) - sigma).reshape(-1, *[1] * len(self.shape)) * f.to(x)
+        traj = {name: torch.stack(v, dim=1) for name, v in
+                dict(t=t_all, psi=psi_all, theta=theta_all, q=q_all, mu=mu_all, lam=lam_all).items()}
+        traj['psi_T'] = psi
+        if cfg.critic_update == 'td+costate':                                     # |Q| at the end point, for the costate
+            sigma_eval = self.clock.sigma(psi).clamp(min=cfg.sigma_floor)
+            _, Q = error_density(self.net, x, sigma_eval, labels)
+            traj['q_T'] = (q_norm(Q).to(psi) * self.clock.speed2(sigma_eval)).clamp(min=cfg.eps)
+        if not all(torch.isfinite(v).all() for v in traj.values()):
+            raise ARTDivergence(f'non-finite rollout at iteration {iteration}')
+        return traj
+
+    # ---- updates ----------------------------------------------------------------------------------------------
+
+    def costate(self, traj: dict) -> torch.Tensor:
+        """Pathwise costate p_k = dV/dpsi at (t_k, psi_k): p_k = -sum_{j>=k} theta_j (q_{j+1} - q_j).
+
+        A shift of psi_k moves the rest of the trajectory along the flow, so each later reward -q_j theta_j^2 dt changes
+        by -theta_j^2 dt dq/dpsi, and dq/dpsi = (q_{j+1} - q_j)/(theta_j dt) on the rollout itself (envelope theorem:
+        the reaction of later controls is second order at eq. 18).  The psi-derivative of eq. 16 along the flow.
+        """
+        q_next = torch.cat([traj['q'][:, 1:], traj['q_T'][:, None]], dim=1)
+        inc = -traj['theta'] * (q_next - traj['q'])
+        return inc.flip(1).cumsum(1).flip(1)
+
+    def losses_costate(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Losses of the critic-driven form: TD (eq. 22a) [+ costate regression]; actor by dV/dpsi (eq. 18)."""
+        cfg, dt, U = self.cfg, self.dt, self.clock.U
+        t, psi, theta, q, lam_k = traj['t'], traj['psi'], traj['theta'], traj['q'], traj['lam']
+        feat = self.features(t, psi)
+        mu = self.mean(feat)
+        with torch.no_grad():
+            p_hat = self.costate(traj) if cfg.critic_update == 'td+costate' else None
+        V = self.value(feat, t)
+        V_T = torch.full_like(V[:, :1], (self.gamma + (cfg.lam if cfg.noise == 'paper' else 0.0)) * U)
+        V_next = torch.cat([V[:, 1:], V_T], dim=1).detach()
+        with torch.no_grad():
+            reward_mean = -(self.gamma * mu + q * mu ** 2 + lam_k)              # E_pi[reward], §3.1
+            delta = V_next - V.detach() + reward_mean * dt
+        critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
+        if p_hat is not None:
+            V_psi = self.value_grad(t, psi, create_graph=True)
+            critic_loss = critic_loss + cfg.costate_weight * ((V_psi - p_hat) ** 2).sum(1).mean() \
+                / (self.v_scale / U) ** 2
+        with torch.no_grad():
+            if cfg.actor_update in ('critic', 'improve'):                        # d/dmu [r_k + V(t_{k+1}, psi_k + mu dt)]
+                t_next, psi_mean = t + dt, psi + mu * dt
+                if cfg.costate_source == 'critic':
+                    V_psi_next = self.value_grad(t_next, psi_mean, create_graph=False)
+                else:
+                    p_all = p_hat if p_hat is not None else self.costate(traj)
+                    V_psi_next = torch.cat([p_all[:, 1:], torch.zeros_like(p_all[:, :1])], 1).mean(0, keepdim=True)
+                    V_psi_next = V_psi_next.expand_as(mu).clone()
+                V_psi_next[:, -1] = 0.0                                          # terminal value is flat in psi
+                coef = (V_psi_next - self.gamma - 2 * q * mu) * dt
+                a = V_psi_next.mean(0)                                           # time-only eq. 18: (a - gamma)/(2 qbar)
+                qbar = q.mean(0)
+                self._gamma_target = float(((a / (2 * qbar)).sum() * dt - U) / ((1 / (2 * qbar)).sum() * dt))
+                target = (a - self.gamma) / (2 * qbar)
+                target = target.clamp(min=cfg.theta_floor * float(target.clamp(min=0).mean().clamp(min=1e-12)))
+            else:
+                coef = q / lam_k * (theta - mu) * delta
+            if cfg.precondition:
+                dmu = mu if cfg.mean_param == 'exp' else torch.ones_like(mu)
+                coef = coef / (2 * q.mean(0, keepdim=True) * dt * dmu ** 2)
+        if cfg.actor_update == 'improve':                                        # policy improvement (P2 optimal-mean form)
+            actor_loss = ((mu.log() - target.log()[None]) ** 2).sum(1).mean() / 2
+        else:
+            actor_loss = -(coef * mu).sum(1).mean()
+        with torch.no_grad():
+            reward = -(self.gamma * theta + q * theta ** 2)
+            stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=(reward * dt).sum(1).mean(),
+                         psi_T_mean=traj['psi_T'].mean() / U, psi_T_std=traj['psi_T'].std(unbiased=False) / U,
+                         theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
+                         std_over_mu=((lam_k / q).sqrt() / mu.abs().clamp(min=1e-12)).mean(),
+                         mu_first=mu[:, 0].mean(), mu_last=mu[:, -1].mean(),
+                         costate_rms=(p_hat.pow(2).mean().sqrt() if p_hat is not None else torch.zeros(())))
+        return critic_loss, actor_loss, stats
+
+    def losses(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Surrogate losses whose gradients are minus the ascent directions of eqs. 22a/22b, per trajectory mean."""
+        if not self._paper_form:
+            return self.losses_costate(traj)
+        cfg, dt, U = self.cfg, self.dt, self.clock.U
+        t, psi, theta, q = traj['t'], traj['psi'], traj['theta'], traj['q']
+        feat = self.features(t, psi)
+        V = self.value(feat, t)                                                  # V_k, k < K
+        V_T = torch.full_like(V[:, :1], (self.gamma + cfg.lam) * U)              # terminal (gamma + lam) U, §8 item 2
+        V_next = torch.cat([V[:, 1:], V_T], dim=1).detach()
+        mu = self.mean(feat)
+        reward = -(self.gamma * theta + q * theta ** 2)                          # running reward
+        with torch.no_grad():
+            if cfg.variance_reduction:
+                reward_mean = -(self.gamma * mu + q * mu ** 2 + cfg.lam)         # E_pi[reward], §3.1
+                delta = V_next - V.detach() + reward_mean * dt
+                t_next, psi_mean = t + dt, psi + mu * dt
+                baseline = self.value(self.features(t_next, psi_mean), t_next)
+                baseline[:, -1] = V_T[:, 0]
+                # ascent coefficient on mu_k: likelihood ratio of the future value + exact immediate gradient
+                coef = q / cfg.lam * (theta - mu) * (V_next - baseline) - (self.gamma + 2 * q * mu) * dt
+            else:
+                delta = V_next - V.detach() + reward * dt                        # TD error
+                coef = q / cfg.lam * (theta - mu) * delta                        # d log pi / d mu * delta
+            if cfg.precondition:
+                # Newton step in the actor's output: -d2J/dmu2 = 2 q dt (batch mean), times (dmu/dNN)**2
+                dmu = mu if cfg.mean_param == 'exp' else torch.ones_like(mu)
+                coef = coef / (2 * q.mean(0, keepdim=True) * dt * dmu ** 2)
+        critic_loss = -(V * delta).sum(1).mean()                                 # eq. 22a
+        actor_loss = -(coef * mu).sum(1).mean()                                  # eq. 22b
+        with torch.no_grad():
+            stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=(reward * dt).sum(1).mean(),
+                         psi_T_mean=traj['psi_T'].mean() / U, psi_T_std=traj['psi_T'].std(unbiased=False) / U,
+                         theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
+                         std_over_mu=((cfg.lam / q).sqrt() / mu.abs().clamp(min=1e-12)).mean(),
+                         mu_first=mu[:, 0].mean(), mu_last=mu[:, -1].mean())
+        return critic_loss, actor_loss, stats
+
+    def step(self) -> dict:
+        """One ART-RL iteration: roll out `batch` trajectories, update critic, actor (Adam) and gamma (eq. 23)."""
+        cfg = self.cfg
+        traj = self.rollout(self.iteration, self.rank * cfg.batch, cfg.batch)
+        if math.isnan(self.gamma):                                               # warm start of gamma
+            inv_q = (self.dt / traj['q'].mean(0)).sum().reshape(1).to(torch.float64)
+            self.gamma = -2 * self.clock.U / float(self.reduce(inv_q) if self.reduce else inv_q)
+        if math.isnan(self.v_scale):                                             # critic output scale, first batch
+            if cfg.critic_update == 'td+costate':
+                ms = self.costate(traj).pow(2).mean().reshape(1)
+                ref = float(self.reduce(ms) if self.reduce else ms) ** 0.5
+            else:
+                ref = abs(self.gamma)
+            self.v_scale = max(ref, 1e-12) * self.clock.U
+        critic_loss, actor_loss, stats = self.losses(traj)
+        self.opt_actor.zero_grad(set_to_none=False)
+        self.opt_critic.zero_grad(set_to_none=False)
+        (critic_loss + actor_loss).backward()
+        params = list(self.actor.parameters()) + list(self.critic.parameters())
+        d_gamma = cfg.gamma_lr * (traj['psi_T'] - self.clock.U).mean()          # eq. 23
+        if cfg.gamma_update == 'solve':
+            d_gamma = cfg.gamma_lr * (torch.tensor(self._gamma_target, dtype=torch.float64) - self.gamma)
+        elif cfg.gamma_newton:
+            d_gamma = d_gamma / (self.dt / (2 * traj['q'].mean(0))).sum()        # / (-d psi(T) / d gamma)
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [d_gamma.reshape(1)] +
+                         [v.reshape(1) for v in stats.values()]).to(torch.float64)
+        if self.reduce is not None:
+            flat = self.reduce(flat)
+        if not torch.isfinite(flat).all():
+            raise ARTDivergence(f'non-finite update at iteration {self.iteration}')
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        warm = self.iteration < cfg.actor_delay
+        if not warm:
+            self.opt_actor.step()
+        self.opt_critic.step()
+        if not warm:
+            self.gamma += float(flat[offset])
+        self.record(traj)
+        self.iteration += 1
+        out = dict(zip(stats, flat[offset + 1:].tolist()))
+        out.update(iteration=self.iteration, gamma=self.gamma)
+        return out
+
+    @torch.no_grad()
+    def record(self, traj: dict) -> None:
+        """Push each trajectory's theta (or mu) sequence, rescaled to sum_k theta_k dt = U, into the ring buffer."""
+        seq = (traj['mu'] if self.cfg.distill == 'mean' else traj['theta']).clamp(min=0.0).cpu()
+        seq = seq * self.clock.U / (seq.sum(1, keepdim=True) * self.dt).clamp(min=1e-300)
+        for row in seq:
+            self.buffer[self.buffer_count % self.cfg.distill_size] = row
+            self.buffer_count += 1
+
+    # ---- distillation -----------------------------------------------------------------------------------------
+
+    def distill(self) -> dict:
+        """Distilled schedule (§5): the K+1 sigma grid (descending, ending at 0) and its clock knots (u in [0,1])."""
+        n = min(self.buffer_count, self.cfg.distill_size)
+        if n == 0:
+            raise RuntimeError('nothing to distill: run step() first')
+        mean = self.buffer[:n].mean(0)
+        if self.reduce is not None:
+            mean = self.reduce(mean.to(self.device)).cpu()
+        if not (mean > 0).any():
+            raise ARTDivergence('the policy mean is not positive anywhere: no schedule to distill')
+        theta = mean.clamp(min=self.cfg.theta_floor * float(mean.clamp(min=0).mean()))
+        theta = theta * self.clock.U / (theta.sum() * self.dt)
+        psi = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(theta * self.dt, 0)])
+        sigma = self.clock.sigma(psi)
+        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        u = np.linspace(0, 1, self.cfg.steps + 1)
+        sigmas = sigma.tolist()
+        if self.cfg.deploy_steps is not None and self.cfg.deploy_steps != self.cfg.steps:
+            # the grid of the deployed K read off the learned clock (PCHIP of sigma^(1/7) at u = i/K, art.schedules)
+            from art.schedules import Clock
+            sigmas = Clock(u, sigma.numpy()).grid(self.cfg.deploy_steps).tolist()
+        return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta.tolist())
+
+    # ---- snapshots --------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-exactly: networks, optimisers, gamma, iteration (= RNG state), buffer."""
+        return dict(config=self.cfg.to_dict(), iteration=self.iteration, gamma=self.gamma,
+                    actor=self.actor.state_dict(), critic=self.critic.state_dict(),
+                    opt_actor=self.opt_actor.state_dict(), opt_critic=self.opt_critic.state_dict(),
+                    buffer=self.buffer.clone(), buffer_count=self.buffer_count, v_scale=self.v_scale)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a snapshot of a learner with the same configuration (the iteration count `iters` may differ)."""
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k != 'iters'}
+        theirs = {k: v for k, v in state['config'].items() if k != 'iters'}
+        if mine != theirs:
+            diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise ValueError(f'snapshot was made with a different configuration: {", ".join(diff)}')
+        self.actor.load_state_dict(state['actor'])
+        self.critic.load_state_dict(state['critic'])
+        self.opt_actor.load_state_dict(state['opt_actor'])
+        self.opt_critic.load_state_dict(state['opt_critic'])
+        self.gamma, self.iteration = float(state['gamma']), int(state['iteration'])
+        self.buffer.copy_(state['buffer'])
+        self.buffer_count = int(state['buffer_count'])
+        self.v_scale = float(state.get('v_scale', 1.0))

@@ -1,0 +1,169 @@
+"""Learning schedules in a run directory: options, log, statistics, atomic resumable snapshots, schedule files.
+
+Run directory (upstream style): `<outdir>/<5-digit id>-<desc>/` with `training_options.json`, `log.txt` (a tee of the
+console), `stats.jsonl` (one JSON object per iteration: K, iteration, gamma, psi(T), TD error, reward, theta
+statistics, timing), `snapshot-k<K>.pt` (the learner's whole state, written atomically every `snap` iterations; one
+file per rank under torchrun) and the final `schedule-k<K>.json` per K.
+
+A run stopped at any point (kill -9 included) and resumed with `resume=<run dir>` continues from the last snapshot
+and ends with the same schedule as an uninterrupted run: the learner's randomness is a function of (seed, iteration).
+"""
+
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import tqdm
+
+from art.analytic import GaussianModel
+from art.closed_form import closed_form_schedule
+from art.metrics import exact_w2
+from art.rl import ARTConfig, ARTDivergence, ARTLearner
+from art.schedules import Clock, Schedule, code_version, save_schedule
+from edm.errors import UserError
+from torch_utils import distributed as dist
+
+METHODS = ('art-rl', 'closed-form')
+
+
+def next_run_dir(outdir: str, desc: str) -> str:
+    """`<outdir>/<next 5-digit id>-<desc>`, the id one above the largest existing one (upstream naming)."""
+    ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
+           if (m := re.match(r'^(\d+)-', name)) and os.path.isdir(os.path.join(outdir, name))]
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path` (never half-written)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.' + os.path.basename(path) + '.')
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def snapshot_path(run_dir: str, num_steps: int, rank: int) -> str:
+    """Snapshot file of K = num_steps for this rank."""
+    return os.path.join(run_dir, f'snapshot-k{num_steps}.pt' if rank == 0 else f'snapshot-k{num_steps}-rank{rank}.pt')
+
+
+def schedule_path(run_dir: str, num_steps: int) -> str:
+    """Final schedule file of K = num_steps."""
+    return os.path.join(run_dir, f'schedule-k{num_steps}.json')
+
+
+class StatsLog:
+    """stats.jsonl, with rows of iterations after a resumed snapshot dropped so that the file stays consistent."""
+
+    def __init__(self, run_dir: str, enabled: bool):
+        self.path, self.enabled = os.path.join(run_dir, 'stats.jsonl'), enabled
+
+    def truncate(self, num_steps: int, iteration: int) -> None:
+        """Drop rows of K = num_steps beyond `iteration` (they are recomputed after a resume)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        keep = [row for row in rows if row['K'] != num_steps or row['iteration'] <= iteration]
+        atomic_write(self.path, lambda tmp: open(tmp, 'w').write(''.join(json.dumps(r) + '\n' for r in keep)))
+
+    def append(self, row: dict) -> None:
+        """Add one row."""
+        if self.enabled:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+
+
+def finish_schedule(schedule: Schedule, net: torch.nn.Module, options: dict) -> Schedule:
+    """Add the run's options and the exactly computable metrics (W2 for Gaussian models) to a schedule."""
+    schedule.provenance.setdefault('network', options['network'])
+    schedule.provenance['run_options'] = options
+    if isinstance(net, GaussianModel):
+        schedule.metrics[f'w2_{schedule.solver or "euler"}_exact'] = exact_w2(net, schedule.sigmas, schedule.solver or 'euler')
+    return schedule
+
+
+def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: dict, snap: int, device: torch.device,
+                 progress: bool = True) -> Schedule:
+    """Run (or continue from its snapshot) ART-RL for K = cfg.steps; returns the distilled schedule."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    reduce = None
+    if world > 1:
+        def reduce(v: torch.Tensor) -> torch.Tensor:
+            torch.distributed.all_reduce(v)
+            return v / world
+    learner = ARTLearner(net, cfg, rank=rank, device=device, reduce=reduce)
+    snapshot = snapshot_path(run_dir, cfg.steps, rank)
+    stats_log = StatsLog(run_dir, enabled=(rank == 0))
+    if os.path.exists(snapshot):
+        try:
+            learner.load_state_dict(torch.load(snapshot, map_location='cpu', weights_only=True))
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise UserError(f'cannot resume from {snapshot}: {str(exc).splitlines()[0]}') from None
+        dist.print0(f'Resuming K={cfg.steps} from iteration {learner.iteration} ({snapshot})')
+        stats_log.truncate(cfg.steps, learner.iteration)
+
+    def save_snapshot() -> None:
+        state = learner.state_dict()
+        atomic_write(snapshot, lambda tmp: torch.save(state, tmp))
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    bar = tqdm.tqdm(total=cfg.iters, initial=learner.iteration, unit='it', desc=f'ART-RL K={cfg.steps}',
+                    disable=(not progress or rank != 0))
+    while learner.iteration < cfg.iters:
+        start = time.perf_counter()
+        try:
+            stats = learner.step()
+        except ARTDivergence as exc:
+            raise UserError(f'K={cfg.steps}: training diverged at iteration {learner.iteration} ({exc}); the last '
+                            f'good snapshot is kept in {snapshot}') from None
+        stats_log.append(dict(K=cfg.steps, **stats, sec_per_iter=round(time.perf_counter() - start, 5),
+                              timestamp=time.time()))
+        bar.update(1)
+        bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}')
+        if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
+            save_snapshot()
+    bar.close()
+    out = learner.distill()
+    evals = cfg.iters * cfg.batch * cfg.steps * world
+    provenance = dict(network=options['network'], solver='euler', num_steps_trained=cfg.steps,
+                      iterations=cfg.iters, trajectories_per_iteration=cfg.batch * world, lam=cfg.lam, seed=cfg.seed,
+                      processes=world, config=cfg.to_dict(), code_version=code_version(),
+                      cost=dict(forward_evals=evals, jvp_evals=evals,
+                                cpu_seconds_this_session_rank0=round(time.process_time() - cpu0, 2),
+                                wall_seconds_this_session=round(time.perf_counter() - wall0, 2)),
+                      final=dict(gamma=learner.gamma))
+    return Schedule('art-rl', out['sigmas'], solver='euler', clock=Clock(out['clock']['u'], out['clock']['sigma']),
+                    provenance=provenance)
+
+
+def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method: str, options: dict,
+                    rl_overrides: Dict, snap: int, device: torch.device, closed_form_options: Optional[dict] = None,
+                    progress: bool = True) -> List[str]:
+    """Learn one schedule per K into run_dir (skipping K whose schedule file exists); returns the files."""
+    paths = []
+    for num_steps in steps:
+        path = schedule_path(run_dir, num_steps)
+        paths.append(path)
+        if os.path.exists(path):
+            dist.print0(f'K={num_steps}: {path} exists, skipping')
+            continue
+        if method == 'closed-form':
+            schedule = closed_form_schedule(net, num_steps, network=options['network'], **(closed_form_options or {}))
+        else:
+            cfg = ARTConfig(**dict(rl_overrides, steps=num_steps))
+            schedule = train_art_rl(net, cfg, run_dir, options, snap, device, progress)
+        schedule = finish_schedule(schedule, net, options)
+        if dist.get_rank() == 0:
+            save_schedule(schedule, path)
+            dist.print0(f'K={num_steps}: wrote {path}: sigmas {[round(float(s), 4) for s in schedule.sigmas]}'
+                        + ''.join(f', {k} {v:.4g}' for k, v in schedule.metrics.items()))
+        dist.barrier()
+    return paths

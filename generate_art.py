@@ -1,0 +1,76 @@
+"""Generate images with a learned ART schedule (or any named grid): python -m edm.generate plus --schedule.
+
+    python generate_art.py --network=PKL --outdir=out --schedule=runs/00000-.../schedule-k10.json --seeds=0-63
+    python generate_art.py --network=PKL --outdir=out --schedule=logsnr --steps=10 --solver=euler
+
+`--schedule` takes a schedule file (resampled with a note when it was learned for another K) or a baseline grid
+name (edm, uniform, logsnr, vp, ve, iddpm). Because `--schedule` names the step schedule here, upstream's ablation
+option for sigma(t) is called `--sigma-schedule`. Without `--schedule` this is exactly `python -m edm.generate`.
+"""
+
+from typing import List, Optional
+
+import click
+import torch
+
+from art.networks import load_network as load_any_network
+from art.schedules import Schedule, baseline_schedule, load_schedule
+from edm import grids
+from edm.errors import Command, UserError
+from edm.generate import generate_images, generate_options, load_network, upstream_sampler
+from edm.sampler import sample
+from torch_utils import distributed as dist
+
+
+def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **grid_kwargs) -> Schedule:
+    """The Schedule named by --schedule for K = num_steps (None: the file's own K); grid_kwargs go to baselines."""
+    if spec in grids.DISCRETIZATIONS:
+        return baseline_schedule(spec, num_steps or 18, net=net, **grid_kwargs)
+    schedule = load_schedule(spec, num_steps=num_steps, resample=True)
+    if 'resampled' in schedule.provenance:
+        note = schedule.provenance['resampled']
+        dist.print0(f'Note: {spec} holds K={note["from_steps"]}; resampled to K={note["to_steps"]} ({note["rule"]}).')
+    return schedule
+
+
+@click.command(cls=Command)
+@click.option('--network', 'network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC',
+              type=str, required=True)
+@generate_options(sigma_schedule_flag='--sigma-schedule')
+@click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(['euler', 'heun']))
+@click.option('--schedule', 'schedule_spec', metavar='FILE|NAME', type=str, default=None,
+              help=f'Step schedule: a schedule file or one of {", ".join(grids.DISCRETIZATIONS)}')
+@click.pass_context
+def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdirs: bool, class_idx: Optional[int],
+         max_batch_size: int, device: torch.device, trust_pickle: bool, solver: Optional[str],
+         schedule_spec: Optional[str], num_steps: int, discretization: Optional[str], schedule: Optional[str],
+         **sampler_kwargs) -> None:
+    """Generate images with a learned ART schedule or a named noise-level grid."""
+    dist.init()
+    net = load_network(network, device, loader=lambda spec: load_any_network(spec, trust_embedded_code=trust_pickle))
+    if schedule_spec is None:
+        sampler = upstream_sampler(solver=solver, discretization=discretization, schedule=schedule,
+                                   num_steps=num_steps, **sampler_kwargs)
+    else:
+        if discretization is not None:
+            raise UserError('--disc and --schedule both choose the noise levels; give one of them')
+        steps_given = ctx.get_parameter_source('num_steps') != click.core.ParameterSource.DEFAULT
+        grid_kwargs = {key: sampler_kwargs[key] for key in ('sigma_min', 'sigma_max', 'rho')
+                       if sampler_kwargs[key] is not None}
+        art_schedule = schedule_grid(schedule_spec, net, num_steps if steps_given else None, **grid_kwargs)
+        sigmas = torch.as_tensor(art_schedule.sigmas, dtype=torch.float64, device=device)
+        options = dict(solver=solver or art_schedule.solver or 'heun', schedule=schedule or 'linear',
+                       scaling=sampler_kwargs.pop('scaling') or 'none',
+                       **{key: sampler_kwargs[key] for key in ('S_churn', 'S_min', 'S_max', 'S_noise')})
+        dist.print0(f'Schedule {art_schedule.method}: K={art_schedule.num_steps}, solver {options["solver"]}, '
+                    f'sigmas {[round(float(s), 4) for s in art_schedule.sigmas]}')
+        sampler = lambda net, latents, class_labels, randn_like: sample(  # noqa: E731
+            net, latents, sigmas, class_labels=class_labels, randn_like=randn_like, **options)
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
+    generate_images(net, outdir, seeds, sampler, class_idx=class_idx, max_batch_size=max_batch_size,
+                    subdirs=subdirs, device=device)
+    dist.print0('Done.')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter

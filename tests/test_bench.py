@@ -1,0 +1,67 @@
+"""art.bench: the paper's Table 1 baseline rows, the training-free optimum, rms against exact references."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from art.analytic import load_analytic, write_random_gmm
+from art.bench import format_table, run_bench
+from art.schedules import Schedule, save_schedule
+from conftest import ROOT
+
+STEPS = [2, 5, 10, 20, 50, 100]
+PAPER_UNIFORM = [.465, .212, .110, .057, .023, .012]   # P1 Table 1, computed exactly (art-method.md section 7)
+PAPER_EDM = [.662, .316, .174, .091, .037, .019]
+CLOSED_FORM = [.349, .149, .077, .039, .016, .008]
+
+
+def test_gauss1d_w2_reproduces_paper_rows():
+    net = load_analytic('analytic:gauss1d')
+    rows = run_bench('analytic:gauss1d', net, STEPS, ['uniform', 'edm', 'closed-form'], 'euler', 'w2', 1, 0,
+                     torch.device('cpu'), closed_form_options=dict(num_samples=16))
+    table = {(r['schedule'], r['steps']): r['value'] for r in rows}
+    for k, uniform, edm, closed in zip(STEPS, PAPER_UNIFORM, PAPER_EDM, CLOSED_FORM):
+        assert round(table[('uniform', k)], 3) == uniform
+        assert round(table[('edm', k)], 3) == edm
+        assert abs(table[('closed-form', k)] - closed) <= 0.002
+    assert 'K=100 (NFE 100)' in format_table(rows)
+
+
+def test_rms_on_gmm_ranks_schedules_and_reads_files(tmp_path):
+    gmm = write_random_gmm(tmp_path / 'mix.npz', k=8, shape=(1, 4, 4), seed=3)
+    spec = f'analytic:gmm:{gmm}'
+    net = load_analytic(spec)
+    # A schedule file for K=4 is resampled to K=5; at K=4 it must give exactly its own grid's error.
+    save_schedule(Schedule('test', [80.0, 10.0, 1.0, 0.1, 0.0]), tmp_path / 's.json')
+    rows = run_bench(spec, net, [4, 5], ['edm', 'closed-form', str(tmp_path / 's.json')], 'euler', 'rms', 32, 0,
+                     torch.device('cpu'), closed_form_options=dict(num_samples=32, fine_steps=128))
+    table = {(r['schedule'], r['steps']): r for r in rows}
+    assert table[('s.json', 4)]['sigmas'] == [80.0, 10.0, 1.0, 0.1, 0.0]
+    assert len(table[('s.json', 5)]['sigmas']) == 6
+    for k in (4, 5):
+        assert table[('closed-form', k)]['value'] < table[('edm', k)]['value']
+        assert all(table[(name, k)]['value'] > 0 for name in ('edm', 'closed-form', 's.json'))
+
+
+def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
+    out = tmp_path / 'r.json'
+    run = subprocess.run([sys.executable, '-m', 'art.bench', '--network=analytic:gauss1d', '--steps=2,5',
+                          '--schedules=uniform,edm', '--metric=w2', f'--out={out}'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text())['rows']
+    assert [(r['schedule'], r['steps']) for r in rows] == [('uniform', 2), ('uniform', 5), ('edm', 2), ('edm', 5)]
+    bad = subprocess.run([sys.executable, '-m', 'art.bench', '--network=analytic:gauss1d', '--schedules=nope.json'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith('error: ') and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--network=analytic:nope'], 'unknown analytic spec'),
+    (['--network=analytic:gauss1d', '--metric=w2', '--schedules=edm', '--steps=0'], 'steps'),
+])
+def test_cli_bad_input(args, pattern):
+    run = subprocess.run([sys.executable, '-m', 'art.bench'] + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and pattern in run.stderr and 'Traceback' not in run.stderr

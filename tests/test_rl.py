@@ -1,0 +1,137 @@
+"""Tests of art/rl.py: the theorems of ART-RL on the paper's 1-D example, determinism, resume, ranks, failures."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from art.analytic import gauss_w2, load_analytic
+from art.rl import ARTConfig, ARTDivergence, ARTLearner, PRESETS
+
+# A 1-D setting where a few hundred iterations of 8 trajectories already learn the schedule.
+FAST = dict(steps=2, batch=8, lr=3e-3, gamma_lr=3e-3, distill_size=400, variance_reduction=True)
+
+
+@pytest.fixture(scope='module')
+def gauss1d():
+    torch.set_num_threads(1)
+    return load_analytic('analytic:gauss1d')
+
+
+def w2(sigmas) -> float:
+    return gauss_w2(sigmas, 1.0)
+
+
+def train(net, iters: int, **kw) -> ARTLearner:
+    learner = ARTLearner(net, ARTConfig(**{**FAST, **kw}))
+    for _ in range(iters):
+        learner.step()
+    return learner
+
+
+@pytest.fixture(scope='module')
+def learned(gauss1d):
+    """Schedules learned with three values of lambda (Thm 3.2: the optimal mean does not depend on lambda)."""
+    return {lam: train(gauss1d, 500, lam=lam).distill() for lam in (0.03, 0.1, 0.3)}
+
+
+def test_learned_schedule_beats_uniform_and_approaches_optimum(learned):
+    uniform = w2(np.linspace(3.0, 0.0, 3))                          # .465; closed-form optimum .349
+    for sched in learned.values():
+        assert w2(sched['sigmas']) < min(0.40, uniform - 0.06)
+
+
+def test_distilled_schedule_does_not_depend_on_lambda(learned):
+    sigma1 = np.array([s['sigmas'][1] for s in learned.values()])  # ranges over (0, 3); uniform 1.5
+    assert np.abs(sigma1 - 0.8595).max() < 0.3                      # the lambda-free optimum (art-method.md §7.2)
+    assert np.ptp(sigma1) < 0.4
+
+
+def test_distilled_grid_format(learned, gauss1d):
+    sched = learned[0.1]
+    sigmas = np.array(sched['sigmas'])
+    assert len(sigmas) == 3 and sigmas[0] == gauss1d.sigma_max and sigmas[-1] == 0.0
+    assert (np.diff(sigmas) < 0).all()
+    assert sched['clock']['u'][0] == 0.0 and sched['clock']['u'][-1] == 1.0
+    assert sched['clock']['sigma'] == sched['sigmas']
+
+
+def test_randomisation_cost_identity(gauss1d):
+    """E_pi[-|Q| theta^2] = -|Q| mu^2 - lambda along the rollout (art-method.md §3.1), Monte Carlo."""
+    lam = 0.1
+    learner = ARTLearner(gauss1d, ARTConfig(steps=4, lam=lam))
+    traj = learner.rollout(0, 0, 20000)
+    excess = (traj['q'] * traj['theta'] ** 2 - traj['q'] * traj['mu'] ** 2).flatten()   # mean lambda, sd ~ lam sqrt(2)
+    assert abs(excess.mean().item() - lam) < 4 * excess.std().item() / excess.numel() ** 0.5
+    z = (traj['theta'] - traj['mu']) * (traj['q'] / lam).sqrt()                           # standard normal
+    assert abs(z.std().item() - 1) < 0.02
+
+
+def test_two_runs_are_identical_and_resume_is_exact(gauss1d, tmp_path):
+    cfg = dict(steps=3, batch=2, distill_size=5, lr=1e-4, gamma_lr=1e-4)
+    a, b = train(gauss1d, 6, **cfg), train(gauss1d, 3, **cfg)
+    torch.save(b.state_dict(), tmp_path / 'snap.pt')
+    c = ARTLearner(gauss1d, ARTConfig(**{**FAST, **cfg}))
+    c.load_state_dict(torch.load(tmp_path / 'snap.pt'))
+    for _ in range(3):
+        c.step()
+    d = train(gauss1d, 6, **cfg)
+    for other in (c, d):
+        assert other.distill() == a.distill() and other.gamma == a.gamma and other.iteration == 6
+        for p, q in zip(a.actor.state_dict().values(), other.actor.state_dict().values()):
+            assert torch.equal(p, q)
+    assert train(gauss1d, 6, seed=1, **cfg).distill() != a.distill()
+
+
+def test_snapshot_of_other_configuration_is_refused(gauss1d):
+    state = ARTLearner(gauss1d, ARTConfig(steps=3)).state_dict()
+    with pytest.raises(ValueError, match='lam'):
+        ARTLearner(gauss1d, ARTConfig(steps=3, lam=0.3)).load_state_dict(state)
+    ARTLearner(gauss1d, ARTConfig(steps=3, iters=7)).load_state_dict(state)       # the run length may change
+
+
+def test_two_ranks_equal_one_process_with_twice_the_batch(gauss1d):
+    """Ranks average gradients, gamma increment and statistics through the hook: 2 x b equals 1 x 2b."""
+    cfg = dict(FAST, steps=3, batch=2)
+    single = train(gauss1d, 2, **dict(cfg, batch=4))
+    ranks = [ARTLearner(gauss1d, ARTConfig(**cfg), rank=r) for r in (0, 1)]
+    for _ in range(2):
+        vectors = []
+        for learner in ranks:                    # what each rank would contribute to the all-reduce
+            probe = copy.deepcopy(learner)
+            probe.reduce = lambda v: vectors.append(v) or v
+            probe.step()
+        for learner in ranks:
+            learner.reduce = lambda v: (vectors[0] + vectors[1]) / 2
+            learner.step()
+    for learner in ranks:
+        assert learner.gamma == pytest.approx(single.gamma, rel=1e-12)
+        for p, q in zip(single.actor.parameters(), learner.actor.parameters()):
+            assert torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+
+
+class NaNNet(torch.nn.Module):
+    """A network that returns NaN: the learner must stop with ARTDivergence and keep its last good state."""
+    sigma_max, sigma_min, img_channels, img_resolution, label_dim = 3.0, 0.0, 1, 1, 0
+
+    def forward(self, x, sigma, class_labels=None):
+        return torch.full_like(x, float('nan'))
+
+
+def test_nan_raises_and_keeps_state():
+    learner = ARTLearner(NaNNet(), ARTConfig(steps=3))
+    before = copy.deepcopy(learner.state_dict())
+    with pytest.raises(ARTDivergence):
+        learner.step()
+    assert learner.iteration == 0
+    for p, q in zip(before['actor'].values(), learner.state_dict()['actor'].values()):
+        assert torch.equal(p, q)
+
+
+def test_config_is_serialisable_and_presets_are_valid():
+    for name, preset in PRESETS.items():
+        data = ARTConfig(**preset).to_dict()
+        assert json.loads(json.dumps(data)) == data
+    with pytest.raises(ValueError):
+        ARTConfig(distill='median')

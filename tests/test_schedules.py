@@ -1,0 +1,197 @@
+"""art.schedules: the time change, the schedule file and its validation, resampling, named baselines."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from art.analytic import gauss_w2, load_analytic
+from art.schedules import (Clock, Schedule, ScheduleError, baseline_schedule, clock_from_grid, grid_from_theta,
+                           load_schedule, resample_loglinear, save_schedule, theta_from_grid)
+from edm.errors import UserError
+
+KS = [2, 5, 10, 20, 50, 100]
+PAPER_ROWS = {                                  # art-method.md §7 item 1: exact W2 of the 1-D baselines
+    ('uniform', 7): [.465, .212, .110, .057, .023, .012],
+    ('edm', 7): [.662, .316, .174, .091, .037, .019],
+    ('edm', 3): [.411, .192, .101, .052, .021, .011],
+}
+EDM18 = [80, 57.586, 40.786, 28.375, 19.352, 12.910, 8.4009, 5.3152, 3.2568, 1.9233, 1.0882, 0.58535, 0.29644,
+         0.13952, 0.059947, 0.022935, 0.0075280, 0.002, 0]      # edm-interface.md 2.5
+
+
+def example(**changes) -> Schedule:
+    """A learned-looking 5-step schedule with a clock, provenance and metrics."""
+    sigmas = np.array([80.0, 7.1, 1.9, 0.6, 0.1, 0.0])
+    fields = dict(method='art-rl', sigmas=sigmas, solver='euler', clock=clock_from_grid(sigmas),
+                  provenance={'network': 'analytic:gauss1d', 'lambda': 0.1, 'seed': 3}, metrics={'w2': 0.149})
+    fields.update(changes)
+    return Schedule(**fields)
+
+
+def write_json(path, data) -> str:
+    """Write a JSON object (NaN allowed, as Python writes it) and return the path as a string."""
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+# --- time change -----------------------------------------------------------------------------------------------
+
+def test_uniform_grid_is_unit_speed_and_theta_round_trips():
+    np.testing.assert_allclose(theta_from_grid(np.linspace(3, 0, 11)), np.ones(10), rtol=1e-14)
+    sigmas = baseline_schedule('edm', 18).sigmas
+    theta = theta_from_grid(sigmas)
+    assert theta.sum() * (80 / 18) == pytest.approx(80, rel=1e-14)                      # budget, eq. 6
+    back = grid_from_theta(theta, 80.0)
+    np.testing.assert_allclose(back, sigmas, rtol=1e-12, atol=1e-12)
+    assert back[-1] == 0.0
+
+
+def test_grid_from_theta_normalises_to_the_budget():
+    raw = grid_from_theta([2.0, 2.0, 2.0], 3.0, normalise=False)
+    np.testing.assert_allclose(raw, [3.0, 1.0, -1.0, -3.0])                               # psi(T) = 2T overshoots
+    np.testing.assert_allclose(grid_from_theta([2.0, 2.0, 2.0], 3.0), [3.0, 2.0, 1.0, 0.0], rtol=1e-15)
+    with pytest.raises(ValueError):
+        grid_from_theta([0.0, 0.0], 3.0)
+
+
+# --- baselines -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name,rho', list(PAPER_ROWS))
+def test_baselines_reproduce_the_paper_1d_rows(name, rho):
+    net = load_analytic('analytic:gauss1d')
+    kw = {'rho': rho} if name == 'edm' else {}
+    row = [round(gauss_w2(baseline_schedule(name, K, net, **kw).sigmas, 1.0), 3) for K in KS]
+    assert row == PAPER_ROWS[(name, rho)]
+    assert baseline_schedule(name, 4, net, **kw).sigmas[0] == pytest.approx(3.0, rel=1e-15)
+
+
+def test_image_baselines_follow_upstream():
+    edm = baseline_schedule('edm', 18)
+    np.testing.assert_allclose(edm.sigmas, EDM18, rtol=5e-5)
+    assert edm.method == 'edm' and edm.provenance['discretization'] == 'edm'
+    for name in ['vp', 've', 'iddpm', 'uniform', 'logsnr']:
+        sched = baseline_schedule(name, 7)
+        assert sched.num_steps == 7 and sched.sigmas[-1] == 0 and (np.diff(sched.sigmas) < 0).all()
+    np.testing.assert_allclose(baseline_schedule('logsnr', 3).sigmas, [80, 80 * (0.002 / 80) ** 0.5, 0.002, 0])
+    with pytest.raises(ValueError, match='discretization'):
+        baseline_schedule('cosine', 5)
+
+
+# --- file ------------------------------------------------------------------------------------------------------
+
+def test_round_trip_is_exact(tmp_path):
+    sched = example()
+    path = save_schedule(sched, tmp_path / 's.json')
+    data = json.loads(path.read_text())
+    assert data['format'] == 'edm-art-schedule' and data['version'] == 1 and data['num_steps'] == 5
+    back = load_schedule(path)
+    assert back.sigmas.tolist() == sched.sigmas.tolist()
+    assert back.clock.u.tolist() == sched.clock.u.tolist() and back.clock.sigma.tolist() == sched.clock.sigma.tolist()
+    assert (back.method, back.solver, back.provenance, back.metrics) == ('art-rl', 'euler', sched.provenance,
+                                                                         sched.metrics)
+    assert load_schedule(save_schedule(example(clock=None, solver=None), tmp_path / 'b.json')).clock is None
+
+
+def test_atomic_save_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / 's.json'
+    save_schedule(example(), path)
+    save_schedule(example(method='closed-form'), path)                                   # replaces
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['s.json']
+    with pytest.raises(TypeError):
+        save_schedule(example(provenance={'bad': object()}), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['s.json']
+    assert load_schedule(path).method == 'closed-form'                                   # old file intact
+
+
+def good() -> dict:
+    """A valid schedule-file object."""
+    return example().to_dict()
+
+
+def edited(**changes) -> dict:
+    """A schedule-file object with some keys changed."""
+    data = good()
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize('name,content,words', [
+    ('nonmono.json', edited(sigmas=[80, 7.1, 9.0, 0.6, 0.1, 0]), 'strictly descending'),
+    ('repeat.json', edited(sigmas=[80, 7.1, 7.1, 0.6, 0.1, 0]), 'strictly descending'),
+    ('nan.json', edited(sigmas=[80, 7.1, math.nan, 0.6, 0.1, 0]), 'non-finite'),
+    ('inf.json', edited(sigmas=[math.inf, 7.1, 1.9, 0.6, 0.1, 0]), 'non-finite'),
+    ('noend.json', edited(sigmas=[80, 7.1, 1.9, 0.6, 0.1, 0.01]), 'end at exactly 0'),
+    ('negative.json', edited(sigmas=[-1, -2, -3, -4, -5, 0], num_steps=5), 'positive'),
+    ('strings.json', edited(sigmas=['80', 0]), 'list of numbers'),
+    ('count.json', edited(num_steps=4), 'num_steps'),
+    ('version.json', edited(version=2), 'unsupported version 2'),
+    ('format.json', edited(format='k-diffusion'), 'not an edm-art-schedule'),
+    ('list.json', [80, 0], 'JSON object'),
+    ('clock.json', edited(clock={'u': [0, 0.7, 0.5, 1], 'sigma': [80, 3, 1, 0]}), 'clock.u'),
+    ('method.json', edited(method=None), 'method'),
+])
+def test_invalid_files_raise_one_line_naming_the_file(tmp_path, name, content, words):
+    path = write_json(tmp_path / name, content)
+    with pytest.raises(ScheduleError, match=words) as info:
+        load_schedule(path)
+    message = str(info.value)
+    assert message.startswith(path) and '\n' not in message
+    assert isinstance(info.value, ValueError) and isinstance(info.value, UserError)
+
+
+def test_bad_json_and_missing_file(tmp_path):
+    (tmp_path / 'bad.json').write_text('{"format": "edm-art-schedule", ')
+    with pytest.raises(ScheduleError, match=r'bad.json: not valid JSON \(.* line 1 column'):
+        load_schedule(tmp_path / 'bad.json')
+    with pytest.raises(ScheduleError, match='missing.json: cannot read'):
+        load_schedule(tmp_path / 'missing.json')
+
+
+def test_step_count_mismatch_needs_resample(tmp_path):
+    path = save_schedule(example(), tmp_path / 's.json')
+    with pytest.raises(ScheduleError, match=r's.json: schedule has 5 steps but 8 were requested'):
+        load_schedule(path, num_steps=8)
+    assert load_schedule(path, num_steps=5).num_steps == 5
+    resampled = load_schedule(path, num_steps=8, resample=True)
+    assert resampled.num_steps == 8 and resampled.metrics == {}
+    assert resampled.provenance['resampled']['from_steps'] == 5
+    assert resampled.provenance['resampled']['metrics_at_from_steps'] == {'w2': 0.149}
+    assert resampled.provenance['seed'] == 3
+
+
+# --- resampling ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('use_clock', [True, False])
+def test_resampling_keeps_endpoints_monotonicity_and_the_same_grid(use_clock):
+    sched = baseline_schedule('edm', 18)
+    if use_clock:
+        sched.clock = clock_from_grid(sched.sigmas)
+    assert sched.resample(18).sigmas.tolist() == sched.sigmas.tolist()
+    for K in [1, 2, 4, 9, 17, 40, 200]:
+        grid = sched.resample(K).sigmas
+        assert len(grid) == K + 1 and grid[0] == 80.0 and grid[-1] == 0.0
+        assert (np.diff(grid) < 0).all()
+    rule = sched.resample(9).provenance['resampled']['rule']
+    assert rule.startswith('clock' if use_clock else 'log-linear')
+
+
+def test_loglinear_rule_is_geometric_between_the_positive_endpoints():
+    grid = resample_loglinear(baseline_schedule('logsnr', 10).sigmas, 4)
+    np.testing.assert_allclose(grid, [80, 80 * (0.002 / 80) ** (1 / 3), 80 * (0.002 / 80) ** (2 / 3), 0.002, 0])
+    assert resample_loglinear([80, 0.002, 0], 1).tolist() == [80.0, 0.0]
+
+
+def test_clock_resampling_is_exact_on_power_law_clocks():
+    """sigma^(1/7) linear in u (an EDM sigma_min = 0 clock) is reproduced at any K by PCHIP in sigma^(1/7)."""
+    u = np.linspace(0, 1, 9)
+    clock = Clock(u, (80 ** (1 / 7) * (1 - u)) ** 7)
+    K = 13
+    np.testing.assert_allclose(clock.grid(K), (80 ** (1 / 7) * (1 - np.arange(K + 1) / K)) ** 7, rtol=1e-12)
+
+
+def test_schedule_constructor_validates():
+    with pytest.raises(ScheduleError, match='strictly descending'):
+        Schedule('x', np.array([1.0, 2.0, 0.0]))
+    with pytest.raises(ScheduleError, match='clock.u'):
+        Clock(np.array([0.0, 0.5]), np.array([3.0, 0.0]))
