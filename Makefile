@@ -16,7 +16,7 @@ test: $(VENV_STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(VENV_STAMP)
-	$(PY) generate_art.py --steps=10 --outdir=demo-out
+	$(PY) -m art.demo --steps=10 --outdir=demo-out
 
 clean:
 	rm -rf .venv demo-out

@@ -5,21 +5,28 @@
 
 `--schedule` takes a schedule file (resampled with a note when it was learned for another K) or a baseline grid
 name (edm, uniform, logsnr, vp, ve, iddpm). Because `--schedule` names the step schedule here, upstream's ablation
-option for sigma(t) is called `--sigma-schedule`. Without `--schedule` this is exactly `python -m edm.generate`.
+option for sigma(t) is called `--sigma-schedule`. Without `--network`, the embedded default network is used with
+its shipped ART schedule for `--steps` (resampled from the nearest shipped K). Without `--schedule` on another
+network this is exactly `python -m edm.generate`. Besides the per-seed PNGs, `grid.png` shows the first 64 images.
 """
 
+import os
 from typing import List, Optional
 
 import click
 import torch
 
+from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 from art.networks import load_network as load_any_network
 from art.schedules import Schedule, baseline_schedule, load_schedule
 from edm import grids
 from edm.errors import Command, UserError
 from edm.generate import generate_images, generate_options, load_network, upstream_sampler
+from edm.images import grid_from_files, image_path, save_png
 from edm.sampler import sample
 from torch_utils import distributed as dist
+
+GRID_IMAGES = 64   # images shown in grid.png
 
 
 def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **grid_kwargs) -> Schedule:
@@ -34,9 +41,9 @@ def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **g
 
 
 @click.command(cls=Command)
-@click.option('--network', 'network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC',
-              type=str, required=True)
-@generate_options(sigma_schedule_flag='--sigma-schedule')
+@click.option('--network', 'network', help='Network pickle, URL or analytic:... spec  [default: the embedded default]',
+              metavar='PATH|URL|SPEC', type=str, default=None)
+@generate_options(sigma_schedule_flag='--sigma-schedule', default_outdir='out')
 @click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(['euler', 'heun']))
 @click.option('--schedule', 'schedule_spec', metavar='FILE|NAME', type=str, default=None,
               help=f'Step schedule: a schedule file or one of {", ".join(grids.DISCRETIZATIONS)}')
@@ -47,6 +54,10 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
          **sampler_kwargs) -> None:
     """Generate images with a learned ART schedule or a named noise-level grid."""
     dist.init()
+    if network is None:
+        network = DEFAULT_NETWORK
+        if schedule_spec is None and discretization is None:
+            schedule_spec = str(shipped_schedule_path(network, num_steps) or 'edm')
     net = load_network(network, device, loader=lambda spec: load_any_network(spec, trust_embedded_code=trust_pickle))
     if schedule_spec is None:
         sampler = upstream_sampler(solver=solver, discretization=discretization, schedule=schedule,
@@ -69,7 +80,10 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     generate_images(net, outdir, seeds, sampler, class_idx=class_idx, max_batch_size=max_batch_size,
                     subdirs=subdirs, device=device)
-    dist.print0('Done.')
+    if dist.get_rank() == 0:
+        save_png(grid_from_files([image_path(outdir, seed, subdirs) for seed in seeds[:GRID_IMAGES]]),
+                 os.path.join(outdir, 'grid.png'))
+    dist.print0(f'Done: {len(seeds)} images and grid.png in "{outdir}".')
 
 
 if __name__ == '__main__':

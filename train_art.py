@@ -17,6 +17,7 @@ import click
 import torch
 
 import dnnlib
+from art.networks import DEFAULT_NETWORK, network_name
 from art.networks import load_network as load_any_network
 from art.rl import PRESETS, ARTConfig
 from art.train import METHODS, atomic_write, next_run_dir, train_schedules
@@ -36,7 +37,8 @@ def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> List[
 
 
 @click.command(cls=Command)
-@click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', type=str)
+@click.option('--network', help='Network pickle, URL or analytic:... spec  [default: the embedded default]',
+              metavar='PATH|URL|SPEC', type=str)
 @click.option('--outdir', help='Where to make the run directory', metavar='DIR', type=str, default='runs',
               show_default=True)
 @click.option('--steps', help='Step budget(s) K, e.g. 10 or 5,10,18', metavar='LIST', type=str, default='10',
@@ -75,11 +77,10 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
     if resume:
         run_dir, options = resume_options(resume, given, network)
     else:
-        if network is None:
-            raise UserError('--network is required (a pickle, URL or analytic:... spec)')
-        rl = dict(PRESETS[preset], **given, seed=rl_options['seed'])      # given options override the preset
+        network = network or DEFAULT_NETWORK
+        rl = dict(PRESETS[preset], **dict(given, seed=rl_options['seed']))      # given options override the preset
         ARTConfig(**dict(rl, steps=steps[0]))                     # validate before making a run directory
-        name = desc or f'{method}-{network.split(":")[0] if network.startswith("analytic:") else os.path.splitext(os.path.basename(network))[0]}'
+        name = desc or f'{method}-{network_name(network)}'
         run_dir = next_run_dir(outdir, f'{name}-k{"_".join(map(str, steps))}'.replace('/', '_'))
         options = dict(network=network, steps=steps, method=method, preset=preset, rl=rl, snap=snap,
                        cf_samples=cf_samples, world_size=dist.get_world_size())

@@ -60,6 +60,7 @@ class AnalyticModel(torch.nn.Module):
         self.img_resolution = height
         self.label_dim = 0
         self.sigma_min = float(sigma_min)
+        self.baseline_sigma_min = None   # sigma_min of the named baseline grids; None: EDM's default range
         self.sigma_max = float(sigma_max)
 
     def round_sigma(self, sigma: SigmaLike) -> torch.Tensor:
@@ -186,7 +187,9 @@ def load_analytic(spec: str) -> AnalyticModel:
     """Build the analytic model named by an 'analytic:...' spec (see the module docstring)."""
     kind, _, rest = spec.removeprefix('analytic:').partition(':') if spec.startswith('analytic:') else ('', '', '')
     if kind == 'gauss1d' and not rest:
-        return GaussianModel(1.0, (1, 1, 1), sigma_max=GAUSS1D_T)
+        net = GaussianModel(1.0, (1, 1, 1), sigma_max=GAUSS1D_T)
+        net.baseline_sigma_min = 0.0   # the paper's 1-D baselines run to sigma = 0 [paper v1 Table 1]
+        return net
     if kind == 'gauss' and rest:
         return _gauss_from_options(rest, spec)
     if kind == 'gmm' and rest:

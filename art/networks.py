@@ -1,12 +1,22 @@
-"""Load the network a schedule is learned for: an analytic model or an EDM network pickle."""
+"""Load the network a schedule is learned for (an analytic model or an EDM network pickle); the embedded default.
+
+The default network (used when a CLI gets no --network) and the schedules shipped for it live in `assets/`:
+`assets/schedules/<network name>/<method>-k<K>.json`.
+"""
 
 import os
+from pathlib import Path
+from typing import Optional
 
 import torch
 
 from art.analytic import load_analytic
 from edm.errors import UserError
 from edm.loading import load_network_pkl
+
+ASSETS = Path(__file__).resolve().parents[1] / 'assets'
+DEFAULT_NETWORK = f'analytic:gmm:{ASSETS / "fmnist-gmm.npz"}'   # exact mixture of Fashion-MNIST images, 1x32x32
+SHIPPED_METHODS = ('art-rl', 'closed-form')                      # preference order of shipped schedules
 
 SPEC_HELP = ('expected a network pickle path or URL, or analytic:gauss1d, analytic:gauss:std=S,shape=CxHxW, '
              'analytic:gmm:FILE.npz')
@@ -30,3 +40,29 @@ def load_network(spec: str, device: str = 'cpu', trust_embedded_code: bool = Fal
     else:
         raise NetworkSpecError(f'{spec!r}: no such file; {SPEC_HELP}')
     return net.eval().requires_grad_(False).to(device)
+
+
+def network_name(spec: str) -> str:
+    """Short name of a network spec: the file stem of a pickle or npz, or the analytic kind."""
+    stem = spec.rsplit(':', 1)[-1] if spec.startswith('analytic:gmm:') else spec
+    if spec.startswith('analytic:') and not spec.startswith('analytic:gmm:'):
+        return spec.split(':')[1]
+    return os.path.splitext(os.path.basename(stem.rstrip('/')))[0] or 'network'
+
+
+def shipped_schedule_path(spec: str, num_steps: int) -> Optional[Path]:
+    """The shipped schedule file for this network: K itself if shipped (art-rl before closed-form), else the
+    shipped K nearest to num_steps (to be resampled); None when nothing is shipped for the network."""
+    folder = ASSETS / 'schedules' / network_name(spec)
+    files = [folder / f'{method}-k{num_steps}.json' for method in SHIPPED_METHODS]
+    for path in files:
+        if path.is_file():
+            return path
+    shipped = sorted(folder.glob('*-k*.json')) if folder.is_dir() else []
+    if not shipped:
+        return None
+    rank = {method: i for i, method in enumerate(SHIPPED_METHODS)}
+    def key(path: Path):
+        method, _, k = path.stem.rpartition('-k')
+        return abs(int(k) - num_steps), rank.get(method, len(rank))
+    return min(shipped, key=key)

@@ -125,6 +125,10 @@ class ARTConfig:
     costate_weight: float = 1.0      # weight of the costate regression (relative to the TD term, both normalised)
     critic_lr: Optional[float] = None  # Adam lr of the critic; None: = lr
     actor_delay: int = 0             # iterations of critic-only learning (two-timescale warm-up; gamma also waits)
+    domain: str = 'time'             # 'time': the paper's rollout on a uniform t-grid; 'progress': uniform psi-grid (docstring)
+    train_steps: Optional[int] = None  # fine training grid; the distilled grid then has `steps` (= deployed K) steps
+    log_std: float = 0.3             # progress domain: theta = mu exp(log_std z), z ~ N(0, 1)
+    baseline: str = 'critic'         # progress domain: 'critic' (TD error of eq. 22a) or 'expected' (E_z[reward | q_k])
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,8 +140,22 @@ class ARTConfig:
             raise ValueError(f"critic_update must be 'td' or 'td+costate', not {self.critic_update!r}")
         if self.costate_source not in ('critic', 'pathwise'):
             raise ValueError(f"costate_source must be 'critic' or 'pathwise', not {self.costate_source!r}")
-        if self.gamma_update not in ('sa', 'solve'):
-            raise ValueError(f"gamma_update must be 'sa' or 'solve', not {self.gamma_update!r}")
+        if self.gamma_update not in ('sa', 'solve', 'ratio'):
+            raise ValueError(f"gamma_update must be 'sa', 'solve' or 'ratio', not {self.gamma_update!r}")
+        if self.domain not in ('time', 'progress'):
+            raise ValueError(f"domain must be 'time' or 'progress', not {self.domain!r}")
+        if self.baseline not in ('critic', 'expected'):
+            raise ValueError(f"baseline must be 'critic' or 'expected', not {self.baseline!r}")
+        if self.domain == 'progress' and (self.mean_param != 'exp' or self.gamma_update == 'solve' or
+                                          self.actor_update != 'likelihood' or self.critic_update != 'td'):
+            raise ValueError("domain='progress' needs mean_param='exp', actor_update='likelihood', critic_update='td' "
+                             "and gamma_update 'ratio' or 'sa'")
+        if self.gamma_update == 'ratio' and self.domain != 'progress':
+            raise ValueError("gamma_update='ratio' is the progress domain's exact budget renormalisation")
+        if self.train_steps is not None and (self.train_steps < 1 or self.deploy_steps is not None):
+            raise ValueError('train_steps must be positive and excludes deploy_steps')
+        if not self.log_std > 0:
+            raise ValueError('log_std must be positive')
         if self.gamma_update == 'solve' and self.actor_update == 'likelihood':
             raise ValueError("gamma_update='solve' needs actor_update='critic' or 'improve' (the eq.-18 targets)")
         if self.deploy_steps is not None and self.deploy_steps < 1:
@@ -155,10 +173,18 @@ class ARTConfig:
     def to_dict(self) -> dict:
         """Plain-JSON form for the schedule file's provenance."""
         paper = self.actor_update == 'likelihood' and self.critic_update == 'td' and self.noise == 'paper'
+        if self.domain == 'progress':
+            form = ('progress domain (eqs. 9/14 in psi, budget int dpsi/theta = U): local Lagrangian gradient '
+                    'q - gamma/theta**2 by likelihood ratio of log-normal exploration, baseline ' + self.baseline +
+                    ', budget by ' + ('exact renormalisation (gamma = C/B)' if self.gamma_update == 'ratio' else
+                                      'stochastic approximation of eq. 23 in log gamma'))
+        else:
+            form = ('paper (eqs. 22a/22b/23)' if paper else
+                    'critic-driven (EXPERIMENTAL): eq.-18 actor from dV/dpsi, costate/TD critic (module docstring)')
         return dict(dataclasses.asdict(self), betas=list(self.betas), algorithm='ART-RL',
                     features=['t/U', 'psi/U'], clock=f'sigma = (U - psi)**{self.rho}, U = sigma_max**(1/rho)',
-                    form='paper (eqs. 22a/22b/23)' if paper else
-                    'critic-driven (EXPERIMENTAL): eq.-18 actor from dV/dpsi, costate/TD critic (module docstring)')
+                    form=form, train_grid=self.train_steps or self.steps,
+                    deployed_steps=self.steps if self.train_steps else (self.deploy_steps or self.steps))
 
 
 PRESETS: dict[str, dict] = {
@@ -218,7 +244,8 @@ class ARTLearner:
         self.net, self.cfg, self.rank, self.device = net, cfg, rank, torch.device(device)
         self.reduce = reduce
         self.clock = PowerClock(float(net.sigma_max), cfg.rho)
-        self.dt = self.clock.U / cfg.steps
+        self.grid_steps = cfg.train_steps or cfg.steps                           # the training grid
+        self.dt = self.clock.U / self.grid_steps                                 # dt (time domain) or dpsi (progress)
         self.shape = (net.img_channels, net.img_resolution, net.img_resolution)
         init = torch.Generator().manual_seed(cfg.seed)
         self.actor = mlp(2, cfg.width, init).to(self.device)
@@ -233,7 +260,7 @@ class ARTLearner:
         # output scale of the critic, V = v_scale NN + lam t; 1 for the paper's form, set on the first batch otherwise
         self.v_scale = 1.0 if self._paper_form else float('nan')
         self.iteration = 0
-        self.buffer = torch.zeros(cfg.distill_size, cfg.steps, dtype=torch.float64)
+        self.buffer = torch.zeros(cfg.distill_size, self.grid_steps, dtype=torch.float64)
         self.buffer_count = 0
 
     @property
@@ -271,7 +298,7 @@ class ARTLearner:
     @torch.no_grad()
     def rollout(self, iteration: int, first_index: int, count: int) -> dict:
         """Roll out `count` trajectories (global indices first_index...) under the current policy with the frozen net."""
-        cfg, K, dt, dev = self.cfg, self.cfg.steps, self.dt, self.device
+        cfg, K, dt, dev = self.cfg, self.grid_steps, self.dt, self.device
         gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
         x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
         x = x * float(self.net.sigma_max)                                        # x(0) ~ p_T

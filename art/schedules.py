@@ -28,7 +28,6 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import scipy.interpolate
 
-from art.analytic import AnalyticModel
 from edm import grids
 from edm.errors import UserError
 
@@ -292,12 +291,12 @@ def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: boo
 def baseline_schedule(name: str, num_steps: int, net: Any = None, **kw) -> Schedule:
     """A named discretization (edm.grids.DISCRETIZATIONS) as a Schedule; kw go to edm.grids.make_sigmas.
 
-    For analytic models whose sigma_min is 0, 'edm' and 'uniform' default to sigma_min = 0 (K+1 levels reaching 0),
-    the convention of the paper's 1-D baselines [paper v1 Table 1].
+    A network may set `baseline_sigma_min` (analytic:gauss1d sets 0): 'edm' and 'uniform' then default to it, giving
+    K+1 levels that reach 0, the convention of the paper's 1-D baselines [paper v1 Table 1].
     """
     grids.check_choice('discretization', name, grids.DISCRETIZATIONS)
-    if isinstance(net, AnalyticModel) and net.sigma_min == 0 and name in ('edm', 'uniform'):
-        kw.setdefault('sigma_min', 0.0)
+    if getattr(net, 'baseline_sigma_min', None) is not None and name in ('edm', 'uniform'):
+        kw.setdefault('sigma_min', net.baseline_sigma_min)
     sigmas = grids.make_sigmas(name, num_steps, net=net, **kw)
     provenance = {'discretization': name, 'options': dict(kw), 'code_version': code_version()}
     return Schedule(name, sigmas, provenance=provenance)

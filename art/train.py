@@ -115,22 +115,22 @@ def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: di
         atomic_write(snapshot, lambda tmp: torch.save(state, tmp))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    bar = tqdm.tqdm(total=cfg.iters, initial=learner.iteration, unit='it', desc=f'ART-RL K={cfg.steps}',
-                    disable=(not progress or rank != 0))
-    while learner.iteration < cfg.iters:
-        start = time.perf_counter()
-        try:
-            stats = learner.step()
-        except ARTDivergence as exc:
-            raise UserError(f'K={cfg.steps}: training diverged at iteration {learner.iteration} ({exc}); the last '
-                            f'good snapshot is kept in {snapshot}') from None
-        stats_log.append(dict(K=cfg.steps, **stats, sec_per_iter=round(time.perf_counter() - start, 5),
-                              timestamp=time.time()))
-        bar.update(1)
-        bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}')
-        if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
-            save_snapshot()
-    bar.close()
+    with tqdm.tqdm(total=cfg.iters, initial=learner.iteration, unit='it', desc=f'ART-RL K={cfg.steps}',
+                   disable=(not progress or rank != 0)) as bar:
+        while learner.iteration < cfg.iters:
+            start = time.perf_counter()
+            try:
+                stats = learner.step()
+            except ARTDivergence as exc:
+                kept = f'the last good snapshot is kept in {snapshot}' if os.path.exists(snapshot) else 'no snapshot yet'
+                raise UserError(f'K={cfg.steps}: training diverged at iteration {learner.iteration} ({exc}); '
+                                f'{kept}') from None
+            stats_log.append(dict(K=cfg.steps, **stats, sec_per_iter=round(time.perf_counter() - start, 5),
+                                  timestamp=time.time()))
+            bar.update(1)
+            bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}', refresh=False)
+            if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
+                save_snapshot()
     out = learner.distill()
     evals = cfg.iters * cfg.batch * cfg.steps * world
     provenance = dict(network=options['network'], solver='euler', num_steps_trained=cfg.steps,
@@ -147,8 +147,11 @@ def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: di
 def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method: str, options: dict,
                     rl_overrides: Dict, snap: int, device: torch.device, closed_form_options: Optional[dict] = None,
                     progress: bool = True) -> List[str]:
-    """Learn one schedule per K into run_dir (skipping K whose schedule file exists); returns the files."""
-    paths = []
+    """Learn one schedule per K into run_dir (skipping K whose schedule file exists); returns the files.
+
+    The closed form is K-independent (a clock, art-method.md section 1.4): it is estimated once and read off at each K.
+    """
+    paths, closed_form = [], None
     for num_steps in steps:
         path = schedule_path(run_dir, num_steps)
         paths.append(path)
@@ -156,7 +159,9 @@ def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method
             dist.print0(f'K={num_steps}: {path} exists, skipping')
             continue
         if method == 'closed-form':
-            schedule = closed_form_schedule(net, num_steps, network=options['network'], **(closed_form_options or {}))
+            closed_form = closed_form or closed_form_schedule(net, num_steps, network=options['network'],
+                                                              **(closed_form_options or {}))
+            schedule = closed_form.resample(num_steps)
         else:
             cfg = ARTConfig(**dict(rl_overrides, steps=num_steps))
             schedule = train_art_rl(net, cfg, run_dir, options, snap, device, progress)

@@ -108,11 +108,13 @@ def parse_device(ctx: click.Context, param: click.Parameter, value: Optional[str
     return device
 
 
-def generate_options(sigma_schedule_flag: str = '--schedule') -> Callable[[Callable], Callable]:
+def generate_options(sigma_schedule_flag: str = '--schedule', default_outdir: Optional[str] = None
+                     ) -> Callable[[Callable], Callable]:
     """The options of upstream generate.py plus --device and --trust-pickle (shared with generate_art.py, which
-    names the ablation option for sigma(t) `--sigma-schedule`)."""
+    names the ablation option for sigma(t) `--sigma-schedule` and has a default output folder)."""
     options = [
-        click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True),
+        click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str,
+                     required=default_outdir is None, default=default_outdir, show_default=default_outdir is not None),
         click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63',
                      show_default=True, callback=parse_seeds),
         click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True),

@@ -1,7 +1,7 @@
 """Image output as upstream generate.py writes it: `000123.png`, optional 1000-seed subfolders."""
 import os
 import uuid
-from typing import Iterable, List
+from typing import Iterable, List, Sequence
 
 import numpy as np
 import PIL.Image
@@ -50,7 +50,17 @@ def save_images(images: torch.Tensor, seeds: Iterable[int], outdir: str, subdirs
 
 def image_grid(images: torch.Tensor, columns: int = 0) -> PIL.Image.Image:
     """All images of a batch in one picture, `columns` wide (default: a near-square grid)."""
-    arrays = to_uint8(images)
+    return _grid(to_uint8(images), columns)
+
+
+def grid_from_files(paths: Sequence[str], columns: int = 0) -> PIL.Image.Image:
+    """The images in `paths` (same size and mode) in one picture."""
+    arrays = [np.asarray(PIL.Image.open(path)) for path in paths]
+    return _grid(np.stack([a if a.ndim == 3 else a[:, :, None] for a in arrays]), columns)
+
+
+def _grid(arrays: np.ndarray, columns: int) -> PIL.Image.Image:
+    """NHWC uint8 arrays tiled row by row."""
     n, h, w, c = arrays.shape
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))

@@ -8,6 +8,7 @@ import pytest
 # Tests use tiny tensors: one intra-op thread per process avoids OpenMP threads spinning against each other on the
 # 2 CI cores (subprocesses inherit the variable). Set before torch is imported anywhere.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # idle OpenMP threads sleep instead of spinning (2-thread tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -1,0 +1,136 @@
+"""dataset_tool (edm-interface.md 6.4): label round trips, MNIST-format IDX padding, layout, errors."""
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from edm.dataset_tool import convert_dataset, read_idx
+from edm.errors import UserError
+from training.dataset import ImageFolderDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(root, names, size=8, mode='RGB'):
+    rng = np.random.RandomState(0)
+    out = {}
+    for name in names:
+        shape = (size, size, 3) if mode == 'RGB' else (size, size)
+        img = (rng.rand(*shape) * 255).astype(np.uint8)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(img).save(root / name)
+        out[name] = img
+    return out
+
+
+def test_folder_with_dataset_json_to_zip_round_trip(tmp_path):
+    src = tmp_path / 'src'
+    names = [f'a/{k}.png' for k in range(5)]
+    imgs = _images(src, names)
+    src_labels = {n: (7 * k) % 4 for k, n in enumerate(names)}
+    (src / 'dataset.json').write_text(json.dumps({'labels': [[n.replace('/', '\\'), l] for n, l in src_labels.items()]}))
+    dest = tmp_path / 'out.zip'
+    assert convert_dataset(str(src), str(dest), progress=False) == 5
+
+    with zipfile.ZipFile(dest) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos.values())
+        assert sorted(infos) == sorted([f'00000/img{k:08d}.png' for k in range(5)] + ['dataset.json'])
+        meta = json.loads(z.read('dataset.json'))
+    assert meta['labels'] == [[f'00000/img{k:08d}.png', src_labels[n]] for k, n in enumerate(sorted(names))]
+
+    ds = ImageFolderDataset(str(dest), use_labels=True)
+    assert ds.name == 'out' and ds.resolution == 8
+    got = [int(np.argmax(ds[i][1])) for i in range(len(ds))]
+    assert got == [src_labels[n] for n in sorted(names)]
+    for i, n in enumerate(sorted(names)):
+        assert np.array_equal(ds[i][0], imgs[n].transpose(2, 0, 1))  # lossless
+
+
+def test_top_level_folder_labels_and_folder_dest(tmp_path):
+    src = tmp_path / 'src'
+    _images(src, ['cat/1.png', 'cat/2.png', 'dog/1.png'], mode='L')
+    dest = tmp_path / 'outdir'
+    convert_dataset(str(src), str(dest), progress=False, max_images=3)
+    meta = json.loads((dest / 'dataset.json').read_text())
+    assert [l for _, l in meta['labels']] == [0, 0, 1]
+    ds = ImageFolderDataset(str(dest), use_labels=True)
+    assert ds.num_channels == 1 and ds.label_dim == 2
+
+
+def test_no_labels_gives_null(tmp_path):
+    src = tmp_path / 'src'
+    _images(src, ['1.png', '2.png'])
+    convert_dataset(str(src), str(tmp_path / 'o.zip'), progress=False)
+    with zipfile.ZipFile(tmp_path / 'o.zip') as z:
+        assert json.loads(z.read('dataset.json')) == {'labels': None}
+
+
+def _write_idx(path, array):
+    header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim) + struct.pack('>' + 'i' * array.ndim, *array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_padded_to_32(tmp_path):
+    rng = np.random.RandomState(1)
+    images = (rng.rand(7, 28, 28) * 255).astype(np.uint8)
+    labels = np.array([3, 1, 4, 1, 5, 9, 2], dtype=np.uint8)
+    _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images)
+    _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', labels)
+    assert np.array_equal(read_idx(str(tmp_path / 'train-labels-idx1-ubyte.gz')), labels)
+    dest = tmp_path / 'mnist.zip'
+    convert_dataset(str(tmp_path / 'train-images-idx3-ubyte.gz'), str(dest), progress=False, max_images=6)
+    ds = ImageFolderDataset(str(dest), use_labels=True)
+    assert len(ds) == 6 and ds.image_shape == [1, 32, 32] and ds.label_dim == 10
+    for i in range(6):
+        img, label = ds[i]
+        assert np.array_equal(img[0, 2:30, 2:30], images[i])
+        assert img[0, :2].sum() == 0 and img[0, 30:].sum() == 0 and img[0, :, :2].sum() == 0
+        assert int(np.argmax(label)) == labels[i]
+
+
+def test_resize_and_center_crop(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    PIL.Image.fromarray(np.full((12, 20, 3), 100, np.uint8)).save(src / 'wide.png')
+    convert_dataset(str(src), str(tmp_path / 'c.zip'), transform='center-crop', resolution=(8, 8), progress=False)
+    assert ImageFolderDataset(str(tmp_path / 'c.zip')).image_shape == [3, 8, 8]
+    convert_dataset(str(src), str(tmp_path / 'w.zip'), transform='center-crop-wide', resolution=(8, 4),
+                    progress=False)
+    img = ImageFolderDataset(str(tmp_path / 'w.zip'))[0][0]
+    assert img.shape == (3, 8, 8) and img[:, :2].sum() == 0 and img[:, 2:6].min() > 0
+
+
+def test_errors(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    PIL.Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(src / 'a.png')
+    with pytest.raises(UserError, match='square'):
+        convert_dataset(str(src), str(tmp_path / 'x.zip'), progress=False)
+    assert not (tmp_path / 'x.zip').exists() and len(list(tmp_path.glob('*.zip'))) == 0  # no partial output
+    with pytest.raises(UserError, match='requires --resolution'):
+        convert_dataset(str(src), str(tmp_path / 'x.zip'), transform='center-crop', progress=False)
+    with pytest.raises(UserError, match='does not exist'):
+        convert_dataset(str(tmp_path / 'nothing'), str(tmp_path / 'x.zip'), progress=False)
+    PIL.Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / 'six.png')
+    (tmp_path / 's6').mkdir()
+    os.replace(tmp_path / 'six.png', tmp_path / 's6' / 'six.png')
+    with pytest.raises(UserError, match='power of two'):
+        convert_dataset(str(tmp_path / 's6'), str(tmp_path / 'x.zip'), progress=False)
+
+
+def test_cli_one_line_error(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, '-m', 'edm.dataset_tool', f'--source={tmp_path}/none', f'--dest={tmp_path}/o.zip'],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.strip().count('\n') == 0 and res.stderr.startswith('error:') and 'does not exist' in res.stderr

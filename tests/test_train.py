@@ -1,0 +1,135 @@
+"""train_art.py / art.train: run directory, exact resume after kill -9, torchrun equivalence, pickles, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from art.schedules import load_schedule
+from conftest import ROOT, tiny_edm_net, write_network_pkl
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+RL = ['--network=analytic:gauss1d', '--steps=5', '--lr=3e-4', '--gamma-lr=3e-4', '--device=cpu']
+
+
+def _train(args, torchrun=False, **kw):
+    cmd = [TORCHRUN, '--standalone', '--nproc_per_node=2'] if torchrun else [sys.executable]
+    return subprocess.run(cmd + ['train_art.py'] + args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def _only_run_dir(outdir):
+    (name,) = os.listdir(outdir)
+    return os.path.join(outdir, name)
+
+
+def test_run_directory_and_schedule_file(tmp_path):
+    out = _train(RL + [f'--outdir={tmp_path}', '--iters=30', '--batch=4', '--snap=10', '--desc=t'])
+    assert out.returncode == 0, out.stderr
+    run = _only_run_dir(tmp_path)
+    assert os.path.basename(run) == '00000-t-k5'
+    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'snapshot-k5.pt', 'schedule-k5.json'} <= set(os.listdir(run))
+    rows = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
+    assert [r['iteration'] for r in rows] == list(range(1, 31))
+    assert {'gamma', 'psi_T_mean', 'td_error', 'reward', 'theta_mean', 'theta_std', 'sec_per_iter'} <= set(rows[0])
+    schedule = load_schedule(os.path.join(run, 'schedule-k5.json'), num_steps=5)
+    assert schedule.method == 'art-rl' and schedule.sigmas[0] == 3.0 and schedule.sigmas[-1] == 0.0
+    prov = schedule.provenance
+    assert prov['iterations'] == 30 and prov['lam'] == 0.1 and prov['config']['batch'] == 4 and prov['seed'] == 0
+    assert prov['cost']['forward_evals'] == 30 * 4 * 5 and 'w2_euler_exact' in schedule.metrics
+    assert 'Run directory' in open(os.path.join(run, 'log.txt')).read()
+    # A second run gets the next id.
+    out = _train(['--network=analytic:gauss1d', '--steps=3', '--method=closed-form', '--cf-samples=8',
+                  f'--outdir={tmp_path}', '--device=cpu'])
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path))[1].startswith('00001-closed-form-gauss1d-k3')
+
+
+def test_kill_and_resume_gives_the_same_schedule(tmp_path):
+    args = RL + ['--iters=60', '--batch=4', '--snap=5', '--seed=7']
+    ref = _train(args + [f'--outdir={tmp_path / "ref"}'])
+    assert ref.returncode == 0, ref.stderr
+    expected = load_schedule(os.path.join(_only_run_dir(tmp_path / 'ref'), 'schedule-k5.json')).sigmas
+
+    outdir = tmp_path / 'killed'
+    proc = subprocess.Popen([sys.executable, 'train_art.py'] + args + [f'--outdir={outdir}'], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        runs = os.listdir(outdir) if outdir.exists() else []
+        stats = outdir / runs[0] / 'stats.jsonl' if runs else None
+        if stats and stats.exists() and sum(1 for _ in open(stats)) >= 22:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = _only_run_dir(outdir)
+    assert not os.path.exists(os.path.join(run, 'schedule-k5.json')), 'the run finished before it was killed'
+    snapshot = torch.load(os.path.join(run, 'snapshot-k5.pt'), weights_only=True)   # never half-written
+    assert 20 <= snapshot['iteration'] < 60
+    assert not [name for name in os.listdir(run) if name.startswith('.')], 'temporary files left behind'
+
+    resumed = _train(['--resume', run, '--device=cpu'])
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Resuming K=5 from iteration' in resumed.stdout
+    got = load_schedule(os.path.join(run, 'schedule-k5.json')).sigmas
+    np.testing.assert_array_equal(got, expected)
+    rows = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
+    assert [r['iteration'] for r in rows] == list(range(1, 61))
+
+
+def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
+    one = _train(RL + ['--iters=20', '--batch=4', f'--outdir={tmp_path / "one"}'])
+    assert one.returncode == 0, one.stderr
+    two = _train(RL + ['--iters=20', '--batch=2', f'--outdir={tmp_path / "two"}'], torchrun=True)
+    assert two.returncode == 0, two.stderr
+    a = load_schedule(os.path.join(_only_run_dir(tmp_path / 'one'), 'schedule-k5.json'))
+    b = load_schedule(os.path.join(_only_run_dir(tmp_path / 'two'), 'schedule-k5.json'))
+    # Same trajectories (seeded by global index), gradients averaged across ranks: equal up to summation order.
+    np.testing.assert_allclose(a.sigmas, b.sigmas, rtol=1e-6, atol=1e-9)
+    assert b.provenance['processes'] == 2 and b.provenance['trajectories_per_iteration'] == 4
+
+
+def test_pickle_end_to_end_then_generate(tmp_path):
+    pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3))
+    out = _train([f'--network={pkl}', '--steps=5', '--iters=3', '--batch=2', '--preset=images',
+                  f'--outdir={tmp_path / "runs"}', '--device=cpu'])
+    assert out.returncode == 0, out.stderr
+    path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k5.json')
+    schedule = load_schedule(path, num_steps=5)
+    assert schedule.sigmas[0] == 80.0 and np.all(np.diff(schedule.sigmas) < 0)
+    gen = subprocess.run([sys.executable, 'generate_art.py', f'--network={pkl}', f'--schedule={path}', '--seeds=0-1',
+                          f'--outdir={tmp_path / "img"}', '--device=cpu'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    assert sorted(os.listdir(tmp_path / 'img')) == ['000000.png', '000001.png']
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--network=analytic:bogus'], 'unknown analytic spec'),
+    (['--network=/no/such.pkl'], 'no such file'),
+    (['--network=analytic:gauss1d', '--steps=0'], 'steps'),
+    (['--network=analytic:gauss1d', '--method=magic'], 'method'),
+    (['--resume=/no/such/run'], 'cannot read'),
+])
+def test_bad_input(tmp_path, args, pattern):
+    out = _train(args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and pattern in lines[0], out.stderr
+    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').rglob('schedule-*.json'))
+
+
+def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):
+    net = tiny_edm_net()
+    with torch.no_grad():
+        net.model.map_layer0.weight.fill_(float('nan'))
+    pkl = write_network_pkl(tmp_path / 'nan.pkl', net)
+    out = _train([f'--network={pkl}', '--steps=3', '--iters=5', '--preset=images', f'--outdir={tmp_path / "runs"}',
+                  '--device=cpu'])
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and lines[-1].startswith('error: ') and 'diverged' in lines[-1], out.stderr
+    assert not any((tmp_path / 'runs').rglob('schedule-*.json'))

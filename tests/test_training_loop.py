@@ -1,0 +1,219 @@
+"""Training loop and train CLI (edm-interface.md 6.1, 6.5): EMA/lr formulas, learning, snapshots, resume, dry run."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from edm.loading import load_network_pkl
+from training.training_loop import ema_beta, learning_rate, load_training_state, training_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+STAT_NAMES = {'Loss/loss', 'Progress/tick', 'Progress/kimg', 'Timing/total_sec', 'Timing/sec_per_tick',
+              'Timing/sec_per_kimg', 'Timing/maintenance_sec', 'Resources/cpu_mem_gb'}
+
+
+def test_ema_beta_formula():
+    # beta = 0.5 ** (batch / max(halflife, 1e-8)), halflife = min(kimg*1000, cur_nimg*ratio).
+    assert ema_beta(512, 0, 500, 0.05) == 0.0
+    assert ema_beta(512, 10 ** 6, 500, 0.05) == pytest.approx(0.5 ** (512 / 50000))
+    assert ema_beta(512, 10 ** 8, 500, 0.05) == pytest.approx(0.5 ** (512 / 500000))
+    assert ema_beta(512, 0, 500, None) == pytest.approx(0.5 ** (512 / 500000))
+    assert ema_beta(100, 0, 0, None) == 0.0
+
+
+def test_learning_rate_rampup():
+    assert learning_rate(1e-3, 0, 10000) == 0
+    assert learning_rate(1e-3, 5_000_000, 10000) == pytest.approx(5e-4)
+    assert learning_rate(1e-3, 20_000_000, 10000) == pytest.approx(1e-3)
+
+
+def _write_dataset(root: Path, n: int = 32) -> str:
+    """Tiny 4x4 RGB dataset of 3 coloured classes with dataset.json labels."""
+    (root / '00000').mkdir(parents=True)
+    colours = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230]], np.uint8)
+    rng = np.random.RandomState(0)
+    labels = []
+    for k in range(n):
+        img = np.clip(colours[k % 3][None, None] + rng.randint(-10, 10, (4, 4, 3)), 0, 255).astype(np.uint8)
+        name = f'00000/img{k:08d}.png'
+        PIL.Image.fromarray(img).save(root / name)
+        labels.append([name, k % 3])
+    (root / 'dataset.json').write_text(json.dumps({'labels': labels}))
+    return str(root)
+
+
+def _kwargs(data: str, run_dir: str, **overrides) -> dict:
+    kw = dict(
+        run_dir=run_dir,
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True,
+                            xflip=False, cache=True, resolution=4, max_size=32),
+        data_loader_kwargs=dict(pin_memory=True, num_workers=0, prefetch_factor=2),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=8,
+                            channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0, augment_dim=9),
+        loss_kwargs=dict(class_name='training.loss.EDMLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-2, betas=[0.9, 0.999], eps=1e-8),
+        augment_kwargs=dict(class_name='training.augment.AugmentPipe', p=0.1, xflip=1e8, yflip=1, scale=1,
+                            rotate_frac=1, aniso=1, translate_frac=1),
+        seed=0, batch_size=1000, batch_gpu=500, total_kimg=6, ema_halflife_kimg=1e-9, lr_rampup_kimg=0,
+        kimg_per_tick=1, snapshot_ticks=1, state_dump_ticks=3, device='cpu')
+    kw.update(overrides)
+    return kw
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """One 6-step run (batch 1000 = 1 kimg per step, 2 accumulation rounds); returns (data, run_dir)."""
+    root = tmp_path_factory.mktemp('train')
+    data = _write_dataset(root / 'data')
+    run_dir = root / 'run'
+    run_dir.mkdir()
+    training_loop(**_kwargs(data, str(run_dir)))
+    return data, run_dir
+
+
+def _fixed_loss(net, data: str) -> float:
+    from training.dataset import ImageFolderDataset
+    from training.loss import EDMLoss
+    ds = ImageFolderDataset(data, use_labels=True)
+    images = torch.tensor(np.stack([ds[i][0] for i in range(len(ds))])).float() / 127.5 - 1
+    labels = torch.tensor(np.stack([ds[i][1] for i in range(len(ds))]))
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(torch.stack([EDMLoss()(net, images, labels).mean() for _ in range(8)]).mean())
+
+
+def test_files_and_learning(run):
+    data, run_dir = run
+    names = sorted(os.listdir(run_dir))
+    assert [n for n in names if n.startswith('network-snapshot')] == \
+        [f'network-snapshot-{k:06d}.pkl' for k in range(1, 7)]  # tick 0 (after step 1) ... end
+    assert [n for n in names if n.startswith('training-state')] == ['training-state-000004.pt',
+                                                                     'training-state-000006.pt']
+    assert not [n for n in names if '.tmp' in n]  # atomic writes leave no temporaries
+    first = load_network_pkl(str(run_dir / 'network-snapshot-000001.pkl'))['ema']
+    last = load_network_pkl(str(run_dir / 'network-snapshot-000006.pkl'))['ema']
+    assert _fixed_loss(last, data) < 0.9 * _fixed_loss(first, data)
+
+
+def test_stats_jsonl(run):
+    _, run_dir = run
+    lines = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
+    assert len(lines) == 6
+    for tick, entry in enumerate(lines):
+        assert STAT_NAMES <= set(entry) and 'timestamp' in entry
+        assert set(entry['Loss/loss']) == {'num', 'mean', 'std'}
+        assert entry['Progress/tick']['mean'] == tick
+        assert entry['Progress/kimg']['mean'] == pytest.approx(tick + 1)
+        assert entry['Loss/loss']['num'] == 1000 * 3 * 16  # per-element losses of one step
+
+
+def test_snapshot_layout_and_safe_load(run):
+    data, run_dir = run
+    path = run_dir / 'network-snapshot-000006.pkl'
+    with open(path, 'rb') as f:
+        raw = pickle.load(f)  # trusted load of our own file: the upstream layout
+    assert list(raw) == ['ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs']
+    assert type(raw['dataset_kwargs']) is dict and raw['dataset_kwargs']['path'] == data
+    ema = raw['ema']
+    assert not ema.training and all(not p.requires_grad for p in ema.parameters())
+    assert all(t.device.type == 'cpu' for t in list(ema.parameters()) + list(ema.buffers()))
+    assert type(raw['loss_fn']).__name__ == 'EDMLoss' and type(raw['augment_pipe']).__name__ == 'AugmentPipe'
+
+    safe = load_network_pkl(str(path))  # safe mode: no embedded code runs
+    assert set(safe) == {'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'}
+    assert type(safe['ema']).__name__ == 'EDMPrecond' and safe['ema'].label_dim == 3
+    for (name, a), (_, b) in zip(safe['ema'].named_parameters(), ema.named_parameters()):
+        assert torch.equal(a, b), name
+    # loss_fn / augment_pipe come back as placeholders until training.loss / training.augment are registered.
+    assert type(safe['loss_fn']).__name__ in ('EDMLoss', 'PersistentPlaceholder')
+
+
+def test_resume_continues_weights_and_kimg(run, tmp_path):
+    data, run_dir = run
+    state = load_training_state(str(run_dir / 'training-state-000006.pt'))
+    steps = {int(s['step']) for s in state['optimizer_state']['state'].values()}
+    assert steps == {6}
+    w6 = {k: v.detach().clone() for k, v in state['net'].named_parameters()}
+
+    out = tmp_path / 'resumed'
+    out.mkdir()
+    # Tiny lr: the resumed weights must equal the dump; the optimizer state must continue (step 6 -> 8).
+    training_loop(**_kwargs(data, str(out), total_kimg=8, resume_kimg=6,
+                            resume_pkl=str(run_dir / 'network-snapshot-000006.pkl'),
+                            resume_state_dump=str(run_dir / 'training-state-000006.pt'),
+                            optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-9, betas=[0.9, 0.999],
+                                                  eps=1e-8)))
+    assert sorted(n for n in os.listdir(out) if n.endswith('.pkl')) == ['network-snapshot-000007.pkl',
+                                                                        'network-snapshot-000008.pkl']
+    stats = [json.loads(line) for line in (out / 'stats.jsonl').read_text().splitlines()]
+    assert [s['Progress/kimg']['mean'] for s in stats] == [7.0, 8.0]
+    state8 = load_training_state(str(out / 'training-state-000008.pt'))
+    assert {int(s['step']) for s in state8['optimizer_state']['state'].values()} == {8}
+    w1 = dict(load_network_pkl(str(run_dir / 'network-snapshot-000001.pkl'))['ema'].named_parameters())
+    moved = max(float((w6[k] - w1[k]).abs().max()) for k in w6)
+    assert moved > 1e-3  # training moved the weights ...
+    for k, v in state8['net'].named_parameters():
+        assert torch.allclose(v.detach(), w6[k], atol=1e-6), k  # ... and the resumed run started from them
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI (subprocesses, so that process groups and start methods stay out of the test process).
+
+
+def _cli(*args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, '-m', 'edm.train', *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_dry_run_writes_nothing_and_transfer_disables_rampup(run, tmp_path):
+    data, run_dir = run
+    outdir = tmp_path / 'out'
+    res = _cli(f'--outdir={outdir}', f'--data={data}', '--cond=1', '--dry-run', '--device=cpu', '--seed=5',
+               f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--duration=0.0001')
+    assert res.returncode == 0, res.stderr
+    assert not outdir.exists()
+    assert '"ema_rampup_ratio": null' in res.stdout and '"total_kimg": 1' in res.stdout
+    assert '00000-data-cond-ddpmpp-edm-gpus1-batch512-fp32' in res.stdout
+    assert '"augment_dim": 9' in res.stdout and '"seed": 5' in res.stdout
+
+    res = _cli(f'--outdir={outdir}', f'--data={data}', '--resume=x/training-state-000001.pt',
+               f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--device=cpu')
+    assert res.returncode != 0 and res.stderr.startswith('error:') and res.stderr.strip().count('\n') == 0
+    res = _cli(f'--outdir={outdir}', f'--data={data}', f'--resume={run_dir / "network-snapshot-000006.pkl"}',
+               '--device=cpu')
+    assert res.returncode != 0 and 'training-state' in res.stderr
+    res = _cli(f'--outdir={outdir}', f'--data={tmp_path / "nothing"}', '--device=cpu')
+    assert res.returncode != 0 and 'not found' in res.stderr
+    assert not outdir.exists()
+
+
+def test_cli_train_and_resume(run, tmp_path):
+    data, _ = run
+    outdir = tmp_path / 'runs'
+    common = [f'--outdir={outdir}', f'--data={data}', '--cond=1', '--cbase=8', '--cres=1', '--batch=1000',
+              '--augment=0.1', '--tick=1', '--workers=0', '--device=cpu', '--seed=0', '--desc=t']
+    res = _cli(*common, '--duration=0.002')  # 2 steps = 2 ticks (no state dump at tick 0)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run0 = outdir / '00000-data-cond-ddpmpp-edm-gpus1-batch1000-fp32-t'
+    assert sorted(os.listdir(run0)) == ['log.txt', 'network-snapshot-000001.pkl', 'network-snapshot-000002.pkl',
+                                        'stats.jsonl', 'training-state-000002.pt', 'training_options.json']
+    opts = json.loads((run0 / 'training_options.json').read_text())
+    assert opts['network_kwargs']['augment_dim'] == 9 and opts['network_kwargs']['model_channels'] == 8
+    assert opts['dataset_kwargs']['max_size'] == 32 and opts['dataset_kwargs']['resolution'] == 4
+    assert opts['ema_halflife_kimg'] == 500 and opts['total_kimg'] == 2
+    assert 'Exiting...' in (run0 / 'log.txt').read_text()
+
+    res = _cli(*common, '--duration=0.003', f'--resume={run0 / "training-state-000002.pt"}')
+    assert res.returncode == 0, res.stderr[-2000:]
+    run1 = outdir / '00001-data-cond-ddpmpp-edm-gpus1-batch1000-fp32-t'
+    assert json.loads((run1 / 'training_options.json').read_text())['resume_kimg'] == 2
+    assert sorted(n for n in os.listdir(run1) if n.endswith(('.pkl', '.pt'))) == \
+        ['network-snapshot-000003.pkl', 'training-state-000003.pt']
