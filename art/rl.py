@@ -248,7 +248,7 @@ class ARTLearner:
         self.dt = self.clock.U / self.grid_steps                                 # dt (time domain) or dpsi (progress)
         self.shape = (net.img_channels, net.img_resolution, net.img_resolution)
         init = torch.Generator().manual_seed(cfg.seed)
-        self.actor = mlp(2, cfg.width, init).to(self.device)
+        self.actor = mlp(1 if cfg.domain == 'progress' else 2, cfg.width, init).to(self.device)
         self.critic = mlp(2, cfg.width, init).to(self.device)
         if cfg.mean_param == 'linear':
             with torch.no_grad():
@@ -445,6 +445,8 @@ class ARTLearner:
     def step(self) -> dict:
         """One ART-RL iteration: roll out `batch` trajectories, update critic, actor (Adam) and gamma (eq. 23)."""
         cfg = self.cfg
+        if cfg.domain == 'progress':
+            return self.step_progress()
         traj = self.rollout(self.iteration, self.rank * cfg.batch, cfg.batch)
         if math.isnan(self.gamma):                                               # warm start of gamma
             inv_q = (self.dt / traj['q'].mean(0)).sum().reshape(1).to(torch.float64)
@@ -490,8 +492,11 @@ class ARTLearner:
 
     @torch.no_grad()
     def record(self, traj: dict) -> None:
-        """Push each trajectory's theta (or mu) sequence, rescaled to sum_k theta_k dt = U, into the ring buffer."""
+        """Push each trajectory's theta (or mu) sequence, rescaled to sum_k theta_k dt = U, into the ring buffer
+        (progress domain: its time increments dpsi/theta_k, rescaled to sum U)."""
         seq = (traj['mu'] if self.cfg.distill == 'mean' else traj['theta']).clamp(min=0.0).cpu()
+        if self.cfg.domain == 'progress':
+            seq = self.dt / seq
         seq = seq * self.clock.U / (seq.sum(1, keepdim=True) * self.dt).clamp(min=1e-300)
         for row in seq:
             self.buffer[self.buffer_count % self.cfg.distill_size] = row
@@ -507,6 +512,8 @@ class ARTLearner:
         mean = self.buffer[:n].mean(0)
         if self.reduce is not None:
             mean = self.reduce(mean.to(self.device)).cpu()
+        if self.cfg.domain == 'progress':
+            return self.distill_progress(mean)
         if not (mean > 0).any():
             raise ARTDivergence('the policy mean is not positive anywhere: no schedule to distill')
         theta = mean.clamp(min=self.cfg.theta_floor * float(mean.clamp(min=0).mean()))
@@ -514,13 +521,136 @@ class ARTLearner:
         psi = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(theta * self.dt, 0)])
         sigma = self.clock.sigma(psi)
         sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
-        u = np.linspace(0, 1, self.cfg.steps + 1)
+        u = np.linspace(0, 1, self.grid_steps + 1)
         sigmas = sigma.tolist()
-        if self.cfg.deploy_steps is not None and self.cfg.deploy_steps != self.cfg.steps:
+        deploy = self.cfg.steps if self.cfg.train_steps else self.cfg.deploy_steps
+        if deploy is not None and deploy != self.grid_steps:
             # the grid of the deployed K read off the learned clock (PCHIP of sigma^(1/7) at u = i/K, art.schedules)
             from art.schedules import Clock
-            sigmas = Clock(u, sigma.numpy()).grid(self.cfg.deploy_steps).tolist()
+            sigmas = Clock(u, sigma.numpy()).grid(deploy).tolist()
         return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta.tolist())
+
+    # ---- progress domain (module docstring, "Progress domain") -----------------------------------------------
+
+    @torch.no_grad()
+    def rollout_progress(self, iteration: int, first_index: int, count: int) -> dict:
+        """Roll out `count` trajectories on the uniform psi-grid psi_k = k dpsi: x follows the fine Euler flow (policy-
+        free), theta_k = mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k."""
+        cfg, M, dpsi, dev = self.cfg, self.grid_steps, self.dt, self.device
+        gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
+        x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        x = x * float(self.net.sigma_max)                                        # x(0) ~ p_T
+        labels = None
+        if getattr(self.net, 'label_dim', 0):
+            idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
+            labels = torch.eye(self.net.label_dim, device=dev)[idx]
+        z = torch.stack([torch.randn(M, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        psi = torch.arange(M + 1, dtype=torch.float64, device=dev) * dpsi
+        sigma = self.clock.sigma(psi)
+        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        q_all = []
+        for k in range(M):
+            sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
+            f, Q = error_density(self.net, x, sigma_eval, labels)
+            speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
+            q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| v eps
+            x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
+        q = torch.stack(q_all, dim=1)                                            # [count, M]
+        mu = self.mean(self.progress_features(psi[:-1])).expand_as(q)
+        theta = mu * (cfg.log_std * z).exp()
+        duration = dpsi / theta
+        t = torch.cat([torch.zeros_like(duration[:, :1]), duration.cumsum(1)[:, :-1]], dim=1)
+        traj = dict(psi=psi[:-1].expand_as(q), t=t, q=q, z=z, theta=theta, mu=mu, t_T=duration.sum(1),
+                    cost=(q * theta).sum(1) * dpsi)
+        if not all(torch.isfinite(v).all() for v in traj.values()):
+            raise ARTDivergence(f'non-finite rollout at iteration {iteration}')
+        return traj
+
+    def progress_features(self, psi: torch.Tensor) -> torch.Tensor:
+        """The actor's feature psi/U (the learned object is the clock speed as a function of progress)."""
+        return (psi / self.clock.U).unsqueeze(-1)
+
+    def losses_progress(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Critic: TD (eq. 22a in psi); actor: likelihood ratio of the log-normal exploration times the advantage."""
+        cfg, dpsi, U, gamma, s = self.cfg, self.dt, self.clock.U, self.gamma, self.cfg.log_std
+        q, theta, z, t, psi = traj['q'], traj['theta'], traj['z'], traj['t'], traj['psi']
+        log_mu = self.actor(self.progress_features(psi[0])).squeeze(-1)          # a(psi_k), shared by the batch
+        mu = log_mu.exp().detach()
+        V = self.v_scale * self.critic(self.features(t, psi)).squeeze(-1)        # V(t_k, psi_k)
+        V_T = torch.full_like(V[:, :1], gamma * U)                               # terminal value gamma U (eq. 9)
+        V_next = torch.cat([V[:, 1:], V_T], dim=1).detach()
+        with torch.no_grad():
+            reward = -(q * theta + gamma / theta) * dpsi                         # -(|Q| theta^2 + gamma') dt
+            delta = V_next - V.detach() + reward                                 # TD error, eq. 22a
+            growth = math.exp(s * s / 2)                                         # E[exp(s z)] = E[exp(-s z)]
+            if cfg.baseline == 'critic':
+                advantage = delta
+            else:                                                                # reward minus E_z[reward | q_k]
+                advantage = reward + growth * (q * mu + gamma / mu) * dpsi
+            coef = z / s * advantage                                             # d log pi / d a = z / s
+            if cfg.precondition:                                                 # relative: / expected cost of the step
+                coef = coef / (growth * (q.mean(0) * mu + gamma / mu) * dpsi)
+        critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
+        actor_loss = -(coef.mean(0) * log_mu).sum()                              # policy gradient on log mu
+        with torch.no_grad():
+            stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=reward.sum(1).mean(),
+                         psi_T_mean=traj['t_T'].mean() / U, psi_T_std=traj['t_T'].std(unbiased=False) / U,
+                         theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
+                         std_over_mu=torch.tensor(math.sqrt(math.exp(s * s) - 1.0), dtype=torch.float64),
+                         mu_first=mu[0], mu_last=mu[-1], cost=traj['cost'].mean())
+        return critic_loss, actor_loss, stats
+
+    def step_progress(self) -> dict:
+        """One iteration in the progress domain: rollout, budget multiplier, critic and actor (Adam)."""
+        cfg, U = self.cfg, self.clock.U
+        traj = self.rollout_progress(self.iteration, self.rank * cfg.batch, cfg.batch)
+        if cfg.gamma_update == 'ratio' or math.isnan(self.gamma) or self.gamma <= 0:
+            cb = torch.stack([traj['cost'].mean(), traj['t_T'].mean()])
+            cb = self.reduce(cb) if self.reduce is not None else cb
+            if cfg.gamma_update == 'ratio' or math.isnan(self.gamma) or self.iteration == 0:
+                self.gamma = float(cb[0] / cb[1])                                # d/dc [C + gamma B] = 0: C = gamma B
+        if math.isnan(self.v_scale):
+            self.v_scale = 2 * self.gamma * U                                    # |C + gamma B| at the budget
+        critic_loss, actor_loss, stats = self.losses_progress(traj)
+        self.opt_actor.zero_grad(set_to_none=False)
+        self.opt_critic.zero_grad(set_to_none=False)
+        (critic_loss + actor_loss).backward()
+        params = list(self.actor.parameters()) + list(self.critic.parameters())
+        d_gamma = cfg.gamma_lr * (traj['t_T'].mean() / U - 1.0)                  # eq. 23 in log gamma: time over budget
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [d_gamma.reshape(1)] +
+                         [v.reshape(1) for v in stats.values()]).to(torch.float64)
+        if self.reduce is not None:
+            flat = self.reduce(flat)
+        if not torch.isfinite(flat).all():
+            raise ARTDivergence(f'non-finite update at iteration {self.iteration}')
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        warm = self.iteration < cfg.actor_delay
+        if not warm:
+            self.opt_actor.step()
+        self.opt_critic.step()
+        if not warm and cfg.gamma_update == 'sa':
+            self.gamma *= math.exp(float(flat[offset]))
+        self.record(traj)
+        self.iteration += 1
+        out = dict(zip(stats, flat[offset + 1:].tolist()))
+        out.update(iteration=self.iteration, gamma=self.gamma)
+        return out
+
+    def distill_progress(self, duration: torch.Tensor) -> dict:
+        """Clock of the progress domain: t(psi_k) = sum_{j<k} mean normalised dt_j; the K-step grid read off it."""
+        from art.schedules import Clock
+        t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(duration * self.dt, 0)])
+        u = (t / t[-1]).numpy()
+        u[0], u[-1] = 0.0, 1.0
+        psi = torch.arange(self.grid_steps + 1, dtype=torch.float64) * self.dt
+        sigma = self.clock.sigma(psi)
+        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        sigmas = Clock(u, sigma.numpy()).grid(self.cfg.steps).tolist()
+        theta = (self.dt / (duration * self.dt)).tolist()                        # dpsi/dt on the psi-grid
+        return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta)
 
     # ---- snapshots --------------------------------------------------------------------------------------------
 
