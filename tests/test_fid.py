@@ -303,19 +303,14 @@ def _offline_or_skip() -> str:
 
 
 def _patterns(rng: np.random.RandomState, count: int, size: int, gray: bool) -> list:
-    """Smooth structured images from one distribution: random-phase stripes times a radial blob, random tint."""
+    """Structured images from one narrow distribution: diagonal stripes of random phase under a jittered blob."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     images = []
     for _ in range(count):
-        freq, angle, phase = rng.uniform(2, 4), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-        blob = np.exp(-((xx - rng.uniform(0.3, 0.7)) ** 2 + (yy - rng.uniform(0.3, 0.7)) ** 2) / 0.08)
-        value = stripes * (0.3 + 0.7 * blob)
-        if gray:
-            images.append(np.uint8(value * 255))
-        else:
-            tint = rng.uniform(0.4, 1, size=3)
-            images.append(np.uint8(value[:, :, None] * tint * 255))
+        phase, (cx, cy) = rng.uniform(0, 0.6), rng.uniform(0.45, 0.55, size=2)
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * (xx + 0.5 * yy) + phase)
+        value = stripes * (0.3 + 0.7 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.08))
+        images.append(np.uint8(value * 255) if gray else np.uint8(value[:, :, None] * [0.9, 0.6, 0.3] * 255))
     return images
 
 
@@ -344,4 +339,4 @@ def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
     assert 'Downloading' not in proc.stdout + proc.stderr
     small = float(proc.stdout.strip().splitlines()[-1])
     print(f'{size}x{size} {"gray" if gray else "RGB"}: FID(half B, half A) = {small:g}, FID(noise, half A) = {large:g}')
-    assert 0 < small and large > 3 * small
+    assert 0 < small < 10 and large > 100 and large > 50 * small

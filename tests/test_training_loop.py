@@ -173,26 +173,43 @@ def _cli(*args, cwd=ROOT):
                           env=env, timeout=300)
 
 
-def test_cli_dry_run_writes_nothing_and_transfer_disables_rampup(run, tmp_path):
+def _parse(*args):
+    """Parse train.py options in-process (no process group is created)."""
+    from edm.train import main
+    import dnnlib
+    return dnnlib.EasyDict(main.make_context('train', list(args)).params)
+
+
+def test_cli_dry_run_writes_nothing_and_transfer_disables_rampup(run, tmp_path, capsys):
+    from edm.train import run as train_run
     data, run_dir = run
     outdir = tmp_path / 'out'
-    res = _cli(f'--outdir={outdir}', f'--data={data}', '--cond=1', '--dry-run', '--device=cpu', '--seed=5',
-               f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--duration=0.0001')
-    assert res.returncode == 0, res.stderr
+    train_run(_parse(f'--outdir={outdir}', f'--data={data}', '--cond=1', '--dry-run', '--device=cpu', '--seed=5',
+                     f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--duration=0.0001'))
+    out = capsys.readouterr().out
     assert not outdir.exists()
-    assert '"ema_rampup_ratio": null' in res.stdout and '"total_kimg": 1' in res.stdout
-    assert '00000-data-cond-ddpmpp-edm-gpus1-batch512-fp32' in res.stdout
-    assert '"augment_dim": 9' in res.stdout and '"seed": 5' in res.stdout
+    assert '"ema_rampup_ratio": null' in out and '"total_kimg": 1' in out
+    assert '00000-data-cond-ddpmpp-edm-gpus1-batch512-fp32' in out
+    assert '"augment_dim": 9' in out and '"seed": 5' in out and '"ema_halflife_kimg": 500' in out
 
-    res = _cli(f'--outdir={outdir}', f'--data={data}', '--resume=x/training-state-000001.pt',
-               f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--device=cpu')
-    assert res.returncode != 0 and res.stderr.startswith('error:') and res.stderr.strip().count('\n') == 0
-    res = _cli(f'--outdir={outdir}', f'--data={data}', f'--resume={run_dir / "network-snapshot-000006.pkl"}',
-               '--device=cpu')
-    assert res.returncode != 0 and 'training-state' in res.stderr
-    res = _cli(f'--outdir={outdir}', f'--data={tmp_path / "nothing"}', '--device=cpu')
-    assert res.returncode != 0 and 'not found' in res.stderr
-    assert not outdir.exists()
+
+def test_cli_option_errors(run, tmp_path):
+    from edm.errors import UserError
+    from edm.train import build_config
+    data, run_dir = run
+    snap = run_dir / 'network-snapshot-000006.pkl'
+    with pytest.raises(UserError, match='--transfer and --resume'):
+        build_config(_parse(f'--outdir={tmp_path}', f'--data={data}', '--device=cpu', f'--transfer={snap}',
+                            f'--resume={run_dir / "training-state-000006.pt"}'))
+    with pytest.raises(UserError, match='training-state'):
+        build_config(_parse(f'--outdir={tmp_path}', f'--data={data}', '--device=cpu', f'--resume={snap}'))
+    with pytest.raises(UserError, match='not found'):
+        build_config(_parse(f'--outdir={tmp_path}', f'--data={tmp_path / "nothing"}', '--device=cpu'))
+    (tmp_path / 'nolabels').mkdir()
+    PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'nolabels' / 'a.png')
+    with pytest.raises(UserError, match='labels'):
+        build_config(_parse(f'--outdir={tmp_path}', f'--data={tmp_path / "nolabels"}', '--cond=1', '--device=cpu'))
+    assert list(tmp_path.glob('0*')) == []
 
 
 def test_cli_train_and_resume(run, tmp_path):
@@ -211,9 +228,10 @@ def test_cli_train_and_resume(run, tmp_path):
     assert opts['ema_halflife_kimg'] == 500 and opts['total_kimg'] == 2
     assert 'Exiting...' in (run0 / 'log.txt').read_text()
 
-    res = _cli(*common, '--duration=0.003', f'--resume={run0 / "training-state-000002.pt"}')
+    res = _cli(*common, '--duration=0.004', f'--resume={run0 / "training-state-000002.pt"}')
     assert res.returncode == 0, res.stderr[-2000:]
+    assert 'kimg 3.0' in res.stdout  # the first tick of the resumed run
     run1 = outdir / '00001-data-cond-ddpmpp-edm-gpus1-batch1000-fp32-t'
     assert json.loads((run1 / 'training_options.json').read_text())['resume_kimg'] == 2
     assert sorted(n for n in os.listdir(run1) if n.endswith(('.pkl', '.pt'))) == \
-        ['network-snapshot-000003.pkl', 'training-state-000003.pt']
+        ['network-snapshot-000003.pkl', 'network-snapshot-000004.pkl', 'training-state-000004.pt']

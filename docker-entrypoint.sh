@@ -1,0 +1,3 @@
+#!/bin/sh
+# Run any command (a CLI of this project) inside the image.
+exec "$@"
