@@ -21,9 +21,10 @@ RUN apt-get update \
 WORKDIR /workspace
 
 # torch comes from the CUDA index at the version requirements.txt pins (the CPU wheel there is for CPU machines).
-COPY requirements.txt ./
+COPY requirements.txt requirements-nodeps.txt ./
 RUN pip install --no-cache-dir "$(grep '^torch==' requirements.txt)" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
-    && pip install --no-cache-dir -r requirements.txt
+    && pip install --no-cache-dir -r requirements.txt \
+    && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
 
 COPY dnnlib/ dnnlib/
 COPY torch_utils/ torch_utils/
@@ -32,7 +33,7 @@ COPY edm/ edm/
 COPY art/ art/
 COPY assets/ assets/
 COPY scripts/ scripts/
-COPY generate_art.py train_art.py docker-entrypoint.sh ./
+COPY generate_art.py train_art.py fid.py docker-entrypoint.sh ./
 
 ENTRYPOINT ["/workspace/docker-entrypoint.sh"]
 CMD ["python", "generate_art.py", "--help"]

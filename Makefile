@@ -6,10 +6,10 @@ VENV_STAMP := .venv/.installed
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	python3 -m venv .venv
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(VENV_STAMP)
 
 test: $(VENV_STAMP)

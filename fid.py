@@ -44,6 +44,9 @@ def main() -> None:
     torchrun --standalone --nproc_per_node=1 fid.py calc --images=fid-tmp \\
         --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz
     \b
+    # Under torchrun, a '--' after fid.py stops torchrun reading --num as its --numa-binding
+    torchrun --standalone --nproc_per_node=2 fid.py -- calc --images=fid-tmp --ref=refs.npz --num=10000
+    \b
     # Compute dataset reference statistics
     python fid.py ref --data=datasets/my-dataset.zip --dest=fid-refs/my-dataset.npz
     """

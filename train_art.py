@@ -22,19 +22,8 @@ from art.networks import load_network as load_any_network
 from art.rl import PRESETS, ARTConfig
 from art.train import METHODS, atomic_write, next_run_dir, train_schedules
 from edm.errors import Command, UserError
-from edm.generate import load_network, parse_device
+from edm.generate import int_list_callback, load_network, parse_device
 from torch_utils import distributed as dist
-
-def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> List[int]:
-    """click callback: one K or a list (parse_int_list syntax), each >= 1."""
-    try:
-        steps = dnnlib.util.parse_int_list(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if not steps or min(steps) < 1:
-        raise click.BadParameter('steps must be positive integers')
-    return steps
-
 
 @click.command(cls=Command)
 @click.option('--network', help='Network pickle, URL or analytic:... spec  [default: the embedded default]',
@@ -42,7 +31,7 @@ def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> List[
 @click.option('--outdir', help='Where to make the run directory', metavar='DIR', type=str, default='runs',
               show_default=True)
 @click.option('--steps', help='Step budget(s) K, e.g. 10 or 5,10,18', metavar='LIST', type=str, default='10',
-              show_default=True, callback=parse_steps)
+              show_default=True, callback=int_list_callback(1, 'steps'))
 @click.option('--method', type=click.Choice(METHODS), default='art-rl', show_default=True)
 @click.option('--preset', type=click.Choice(sorted(PRESETS)), default='paper', show_default=True,
               help='ART-RL settings: paper (P1 App. C) or images (the reformulation for image models)')

@@ -17,13 +17,13 @@ from typing import Dict, List, Optional, Sequence
 import click
 import torch
 
-import dnnlib
 from art import metrics
 from art.closed_form import closed_form_schedule
 from art.networks import load_network
 from art.schedules import Schedule, baseline_schedule, load_schedule
 from edm import grids
 from edm.errors import Command, UserError
+from edm.generate import int_list_callback
 from edm.rng import StackedRandomGenerator
 from edm.sampler import nfe, sample
 
@@ -99,21 +99,10 @@ def format_table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def parse_steps(ctx: click.Context, param: click.Parameter, value: str) -> List[int]:
-    """click callback: a parse_int_list of positive step counts."""
-    try:
-        steps = dnnlib.util.parse_int_list(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if not steps or min(steps) < 1:
-        raise click.BadParameter('steps must be positive integers')
-    return steps
-
-
 @click.command(cls=Command)
 @click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', required=True)
 @click.option('--steps', help='Step counts K (e.g. 2,5,10)', metavar='LIST', default='2,5,10', show_default=True,
-              callback=parse_steps)
+              callback=int_list_callback(1, 'steps'))
 @click.option('--schedules', help='Comma-separated baselines, closed-form, or schedule files', metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)

@@ -146,10 +146,10 @@ class ARTConfig:
             raise ValueError(f"domain must be 'time' or 'progress', not {self.domain!r}")
         if self.baseline not in ('critic', 'expected'):
             raise ValueError(f"baseline must be 'critic' or 'expected', not {self.baseline!r}")
-        if self.domain == 'progress' and (self.mean_param != 'exp' or self.gamma_update == 'solve' or
+        if self.domain == 'progress' and (self.mean_param != 'exp' or self.gamma_update != 'ratio' or
                                           self.actor_update != 'likelihood' or self.critic_update != 'td'):
             raise ValueError("domain='progress' needs mean_param='exp', actor_update='likelihood', critic_update='td' "
-                             "and gamma_update 'ratio' or 'sa'")
+                             "and gamma_update='ratio'")
         if self.gamma_update == 'ratio' and self.domain != 'progress':
             raise ValueError("gamma_update='ratio' is the progress domain's exact budget renormalisation")
         if self.train_steps is not None and (self.train_steps < 1 or self.deploy_steps is not None):
@@ -556,7 +556,7 @@ class ARTLearner:
             q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| v eps
             x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
         q = torch.stack(q_all, dim=1)                                            # [count, M]
-        mu = self.mean(self.progress_features(psi[:-1])).expand_as(q)
+        mu = self.progress_log_mean().exp().expand_as(q)
         theta = mu * (cfg.log_std * z).exp()
         duration = dpsi / theta
         t = torch.cat([torch.zeros_like(duration[:, :1]), duration.cumsum(1)[:, :-1]], dim=1)
@@ -570,11 +570,18 @@ class ARTLearner:
         """The actor's feature psi/U (the learned object is the clock speed as a function of progress)."""
         return (psi / self.clock.U).unsqueeze(-1)
 
+    def progress_log_mean(self) -> torch.Tensor:
+        """log mu_k on the psi-grid: the actor's a(psi_k) shifted so that the mean spends the time budget exactly,
+        sum_k dpsi / mu_k = U (exact renormalisation; the common mode of a is a gauge)."""
+        psi = torch.arange(self.grid_steps, dtype=torch.float64, device=self.device) * self.dt
+        a = self.actor(self.progress_features(psi)).squeeze(-1)
+        return a + torch.logsumexp(-a, 0) + math.log(self.dt / self.clock.U)
+
     def losses_progress(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Critic: TD (eq. 22a in psi); actor: likelihood ratio of the log-normal exploration times the advantage."""
         cfg, dpsi, U, gamma, s = self.cfg, self.dt, self.clock.U, self.gamma, self.cfg.log_std
         q, theta, z, t, psi = traj['q'], traj['theta'], traj['z'], traj['t'], traj['psi']
-        log_mu = self.actor(self.progress_features(psi[0])).squeeze(-1)          # a(psi_k), shared by the batch
+        log_mu = self.progress_log_mean()                                        # log mu(psi_k), shared by the batch
         mu = log_mu.exp().detach()
         V = self.v_scale * self.critic(self.features(t, psi)).squeeze(-1)        # V(t_k, psi_k)
         V_T = torch.full_like(V[:, :1], gamma * U)                               # terminal value gamma U (eq. 9)
@@ -604,11 +611,9 @@ class ARTLearner:
         """One iteration in the progress domain: rollout, budget multiplier, critic and actor (Adam)."""
         cfg, U = self.cfg, self.clock.U
         traj = self.rollout_progress(self.iteration, self.rank * cfg.batch, cfg.batch)
-        if cfg.gamma_update == 'ratio' or math.isnan(self.gamma) or self.gamma <= 0:
-            cb = torch.stack([traj['cost'].mean(), traj['t_T'].mean()])
-            cb = self.reduce(cb) if self.reduce is not None else cb
-            if cfg.gamma_update == 'ratio' or math.isnan(self.gamma) or self.iteration == 0:
-                self.gamma = float(cb[0] / cb[1])                                # d/dc [C + gamma B] = 0: C = gamma B
+        cb = torch.stack([traj['cost'].mean(), traj['t_T'].mean()])
+        cb = self.reduce(cb) if self.reduce is not None else cb
+        self.gamma = float(cb[0] / cb[1])                                        # d/dc [C + gamma B] = 0: C = gamma B
         if math.isnan(self.v_scale):
             self.v_scale = 2 * self.gamma * U                                    # |C + gamma B| at the budget
         critic_loss, actor_loss, stats = self.losses_progress(traj)
@@ -616,7 +621,7 @@ class ARTLearner:
         self.opt_critic.zero_grad(set_to_none=False)
         (critic_loss + actor_loss).backward()
         params = list(self.actor.parameters()) + list(self.critic.parameters())
-        d_gamma = cfg.gamma_lr * (traj['t_T'].mean() / U - 1.0)                  # eq. 23 in log gamma: time over budget
+        d_gamma = torch.zeros((), dtype=torch.float64)                           # gamma is set above (exact budget)
         flat = torch.cat([p.grad.reshape(-1) for p in params] + [d_gamma.reshape(1)] +
                          [v.reshape(1) for v in stats.values()]).to(torch.float64)
         if self.reduce is not None:
@@ -631,8 +636,6 @@ class ARTLearner:
         if not warm:
             self.opt_actor.step()
         self.opt_critic.step()
-        if not warm and cfg.gamma_update == 'sa':
-            self.gamma *= math.exp(float(flat[offset]))
         self.record(traj)
         self.iteration += 1
         out = dict(zip(stats, flat[offset + 1:].tolist()))

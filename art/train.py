@@ -90,16 +90,17 @@ def finish_schedule(schedule: Schedule, net: torch.nn.Module, options: dict) -> 
     return schedule
 
 
+def mean_over_ranks(v: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all processes (the reduce hook of ARTLearner)."""
+    torch.distributed.all_reduce(v)
+    return v / dist.get_world_size()
+
+
 def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: dict, snap: int, device: torch.device,
                  progress: bool = True) -> Schedule:
     """Run (or continue from its snapshot) ART-RL for K = cfg.steps; returns the distilled schedule."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    reduce = None
-    if world > 1:
-        def reduce(v: torch.Tensor) -> torch.Tensor:
-            torch.distributed.all_reduce(v)
-            return v / world
-    learner = ARTLearner(net, cfg, rank=rank, device=device, reduce=reduce)
+    learner = ARTLearner(net, cfg, rank=rank, device=device, reduce=mean_over_ranks if world > 1 else None)
     snapshot = snapshot_path(run_dir, cfg.steps, rank)
     stats_log = StatsLog(run_dir, enabled=(rank == 0))
     if os.path.exists(snapshot):

@@ -258,10 +258,11 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
 
     detector: a spec for `load_detector` (rank 0 loads it first, then the other ranks) or a callable.
     num_expected: use exactly this many images (a subset chosen by `seed` when more exist; an error when fewer).
-    num_workers: DataLoader workers; None means 3 on CUDA and 0 on the CPU."""
+    num_workers: DataLoader workers; None means 3 on CUDA and 0 on the CPU. progress: messages and a bar on rank 0."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    log = dist.print0 if progress else (lambda *args: None)
     if isinstance(detector, str):
-        dist.print0(f'Loading detector "{detector}"...')
+        log(f'Loading detector "{detector}"...')
         if rank != 0:
             dist.barrier()
         try:
@@ -270,7 +271,7 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
             if rank == 0:
                 dist.barrier()
 
-    dist.print0(f'Loading images from "{image_path}"...')
+    log(f'Loading images from "{image_path}"...')
     dataset = ImageFiles(image_path, max_size=num_expected, random_seed=seed)
     if num_expected is not None and dataset.num_found < num_expected:
         raise UserError(f'found {dataset.num_found} images in {image_path}, but {num_expected} are needed '
@@ -286,7 +287,7 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
                                          collate_fn=_keep_list, num_workers=num_workers,
                                          prefetch_factor=(2 if num_workers > 0 else None))
 
-    dist.print0(f'Calculating statistics for {num_images} images...')
+    log(f'Calculating statistics for {num_images} images...')
     mu_sum = torch.zeros([FEATURE_DIM], dtype=torch.float64, device=device)
     s_sum = torch.zeros([FEATURE_DIM, FEATURE_DIM], dtype=torch.float64, device=device)
     with torch.no_grad():

@@ -82,15 +82,22 @@ def generate_images(net: torch.nn.Module, outdir: str, seeds: Sequence[int], sam
     dist.barrier()
 
 
-def parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> List[int]:
-    """click callback: `--seeds` in parse_int_list syntax."""
-    try:
-        seeds = dnnlib.util.parse_int_list(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if not seeds:
-        raise click.BadParameter('no seeds given')
-    return seeds
+def int_list_callback(minimum: int, what: str) -> Callable[[click.Context, click.Parameter, str], List[int]]:
+    """click callback factory: a non-empty parse_int_list (e.g. 1,2,5-10) of integers >= minimum."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> List[int]:
+        try:
+            values = dnnlib.util.parse_int_list(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if not values:
+            raise click.BadParameter(f'no {what} given')
+        if min(values) < minimum:
+            raise click.BadParameter(f'{what} must be integers >= {minimum}')
+        return values
+    return callback
+
+
+parse_seeds = int_list_callback(0, 'seeds')
 
 
 def parse_device(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> torch.device:

@@ -28,10 +28,10 @@ from numpy._core import multiarray as _multiarray
 import dnnlib
 from edm.errors import UserError
 from torch_utils import persistence
-from training import networks
+from training import augment, loss, networks
 
 # Modules whose persistent classes safe mode rebuilds as ours.
-_OUR_MODULES = (networks,)
+_OUR_MODULES = (networks, loss, augment)
 
 
 class PickleSecurityError(UserError):

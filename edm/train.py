@@ -171,7 +171,8 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
 
     # Training options.
     c.total_kimg = max(int(opts.duration * 1000), 1)
-    c.ema_halflife_kimg = int(opts.ema * 1000)
+    ema_kimg = opts.ema * 1000
+    c.ema_halflife_kimg = int(ema_kimg) if float(ema_kimg).is_integer() else ema_kimg  # no silent truncation
     c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu)
     c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)

@@ -3,7 +3,8 @@
 # Fashion-MNIST (train split, 60k images, 10 classes) padded to 32x32, EDM preconditioning + EDMLoss,
 # SongUNet DDPM++ (cbase 32, cres 1,2,2: 2,740,545 parameters, ~11.2 MB pickle), class-conditional, fixed seed.
 #
-# Usage: scripts/train_default.sh            (full CPU run; takes a long time)
+# Usage: scripts/train_default.sh            (full run; on one contended CPU core ~320 s/kimg at BATCH=64, so
+#                                             0.2 Mimg is ~18 h: prefer DEVICE=cuda or NPROC>1)
 #        DURATION=0.0005 WORK=/tmp/edm-default scripts/train_default.sh   (smoke test; 1 kimg minimum)
 # Variables: DURATION (Mimg), BATCH, BATCH_GPU, LR, EMA (Mimg), TICK, SNAP, DUMP, SEED, WORKERS, DEVICE, NPROC,
 #            WORK (scratch folder), FMNIST (folder holding train-images-idx3-ubyte.gz + labels),
@@ -16,7 +17,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python
 
-DURATION="${DURATION:-2}"        # Mimg of training images shown
+DURATION="${DURATION:-0.2}"      # Mimg of training images shown
 BATCH="${BATCH:-128}"
 BATCH_GPU="${BATCH_GPU:-}"
 LR="${LR:-1e-3}"

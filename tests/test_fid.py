@@ -316,7 +316,7 @@ def _patterns(rng: np.random.RandomState, count: int, size: int, gray: bool) -> 
 
 @pytest.mark.parametrize('size, gray', [(64, False), (32, True)])
 def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
-    detector_path = _offline_or_skip()
+    _offline_or_skip()
     n = 8
     rng = np.random.RandomState(5)
     data = _patterns(rng, 2 * n, size, gray)

@@ -82,12 +82,12 @@ def test_safe_load_equals_original(tmp_path):
 
 
 def test_unknown_persistent_objects_become_placeholders(tmp_path):
-    aug = _persistent('AugmentPipe', 'raise SystemExit("must not run")', state=dict(p=0.12))
+    aug = _persistent('CustomAugment', 'raise SystemExit("must not run")', state=dict(p=0.12))
     path = tmp_path / 'net.pkl'
     path.write_bytes(pickle.dumps(dict(ema=tiny_edm_net(), augment_pipe=aug)))
     data = load_network_pkl(str(path))
     placeholder = data['augment_pipe']
-    assert isinstance(placeholder, PersistentPlaceholder) and placeholder.class_name == 'AugmentPipe'
+    assert isinstance(placeholder, PersistentPlaceholder) and placeholder.class_name == 'CustomAugment'
     assert placeholder.meta['state']['p'] == 0.12
     with pytest.raises(UserError, match='trust_embedded_code=True'):
         placeholder(torch.zeros(1))
@@ -135,3 +135,16 @@ def test_cli_reports_hostile_pickle_in_one_line(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in out.stderr, out.stderr
     assert not marker.exists() and not (tmp_path / 'out').exists()
+
+
+def test_loss_and_augment_pipe_come_back_as_our_classes(tmp_path):
+    from training.augment import AugmentPipe
+    from training.loss import EDMLoss
+    pipe = AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    path = tmp_path / 'snap.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=tiny_edm_net(), loss_fn=EDMLoss(P_mean=-1.0), augment_pipe=pipe,
+                                       dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset'))))
+    data = load_network_pkl(str(path))
+    assert type(data['loss_fn']) is EDMLoss and data['loss_fn'].init_kwargs == dict(P_mean=-1.0)
+    assert type(data['augment_pipe']) is AugmentPipe and data['augment_pipe'].init_kwargs == pipe.init_kwargs
+    assert data['dataset_kwargs']['class_name'] == 'training.dataset.ImageFolderDataset'

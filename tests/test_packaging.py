@@ -39,7 +39,7 @@ def test_dockerfile_copies_existing_files_and_runs_unbuffered():
     for src in sources:
         assert (ROOT / src).exists(), f'Dockerfile copies {src}, which does not exist'
     # Every top-level CLI and package is in the image.
-    for name in ('dnnlib/', 'torch_utils/', 'training/', 'edm/', 'art/', 'generate_art.py', 'train_art.py'):
+    for name in ('dnnlib/', 'torch_utils/', 'training/', 'edm/', 'art/', 'generate_art.py', 'train_art.py', 'fid.py'):
         assert name in sources, name
     assert os.access(ROOT / 'docker-entrypoint.sh', os.X_OK)
 
