@@ -6,7 +6,9 @@
 Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), `closed-form` (the training-free ART optimum,
 computed once per run and read off its clock for every K) or schedule files (resampled to other K, with a note).
 Metrics: `w2`, exact for Gaussian models; `rms`, the root-mean-square endpoint error against the reference solution
-of the same latents (exact for analytic models, a high-NFE Heun solve for pickles).
+of the same latents (exact for analytic models, a high-NFE Heun solve for pickles); `fid`, FID of `--num` images
+per seed set against `--ref` statistics (images quantised exactly as the PNGs of generate would be). With
+`--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation.
 """
 
 import json
@@ -15,6 +17,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import click
+import numpy as np
 import torch
 
 from art import metrics
@@ -24,6 +27,8 @@ from art.schedules import Schedule, baseline_schedule, load_schedule
 from edm import grids
 from edm.errors import Command, UserError
 from edm.generate import int_list_callback
+from edm import fid
+from edm.images import to_uint8
 from edm.rng import StackedRandomGenerator
 from edm.sampler import nfe, sample
 
@@ -56,46 +61,80 @@ class ScheduleSource:
         return load_schedule(self.spec, num_steps=num_steps, resample=True)
 
 
+class SeedSet:
+    """The latents (and class labels) of one block of seeds, with the reference endpoints computed on demand."""
+
+    def __init__(self, net: torch.nn.Module, seeds: List[int], device: torch.device):
+        self.net, self.seeds = net, seeds
+        rnd = StackedRandomGenerator(device, seeds)
+        self.latents = rnd.randn([len(seeds), net.img_channels, net.img_resolution, net.img_resolution], device=device)
+        self.labels = None
+        if net.label_dim:
+            self.labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
+        self._references: Dict[float, torch.Tensor] = {}
+
+    def reference(self, sigma_T: float) -> torch.Tensor:
+        """The PF-ODE endpoints from these latents at sigma_T (cached per sigma_T)."""
+        if sigma_T not in self._references:
+            self._references[sigma_T] = metrics.reference_endpoints(self.net, self.latents, sigma_T, self.labels)
+        return self._references[sigma_T]
+
+    def fid(self, sigmas: np.ndarray, solver: str, detector, ref: Dict[str, np.ndarray], batch: int) -> float:
+        """FID of the images sampled from these latents with the grid against the reference statistics."""
+        stats = fid.FeatureStats(self.latents.device)
+        for start in range(0, len(self.seeds), batch):
+            labels = None if self.labels is None else self.labels[start:start + batch]
+            x = sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
+            images = torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).to(self.latents.device)   # as the PNGs hold them
+            stats.update(fid.detector_features(detector, images))
+        mu, sigma = stats.mean_cov()
+        return fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
+
+
 def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[str], solver: str,
-              metric: str, num: int, seed: int, device: torch.device,
-              closed_form_options: Optional[dict] = None) -> List[Dict]:
-    """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value}."""
+              metric: str, num: int, seed: int, device: torch.device, closed_form_options: Optional[dict] = None,
+              repeats: int = 1, fid_options: Optional[dict] = None) -> List[Dict]:
+    """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value,
+    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each."""
     columns = [ScheduleSource(spec, net, network, closed_form_options) for spec in sources]
-    rnd = StackedRandomGenerator(device, list(range(seed, seed + num)))
-    latents = rnd.randn([num, net.img_channels, net.img_resolution, net.img_resolution], device=device)
-    labels = None
-    if net.label_dim:
-        labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[num], device=device)]
-    references: Dict[float, torch.Tensor] = {}
+    seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
+    if metric == 'fid':
+        fid_options = dict(fid_options or {})
+        detector = fid_options.get('detector', 'offline')
+        detector = fid.load_detector(detector, device) if isinstance(detector, str) else detector
+        ref = fid.load_reference(fid_options['ref'])
     rows = []
     for column in columns:
         for num_steps in steps:
             schedule = column.schedule(num_steps)
             start = time.perf_counter()
-            if metric == 'w2':
-                value = metrics.exact_w2(net, schedule.sigmas, solver)
-            else:
-                sigma_T = float(schedule.sigmas[0])
-                if sigma_T not in references:
-                    references[sigma_T] = metrics.reference_endpoints(net, latents, sigma_T, labels)
-                x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
-                value = metrics.rms_error(x, references[sigma_T])
+            values = []
+            for seed_set in seed_sets:
+                if metric == 'w2':
+                    values.append(metrics.exact_w2(net, schedule.sigmas, solver))
+                elif metric == 'rms':
+                    x = sample(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels, solver=solver)
+                    values.append(metrics.rms_error(x, seed_set.reference(float(schedule.sigmas[0]))))
+                else:
+                    values.append(seed_set.fid(schedule.sigmas, solver, detector, ref, fid_options.get('batch', 64)))
             rows.append(dict(schedule=column.label, steps=int(num_steps), solver=solver, nfe=nfe(num_steps, solver),
-                             metric=metric, value=float(value), sigmas=schedule.sigmas.tolist(),
+                             metric=metric, value=float(np.mean(values)), spread=float(np.std(values)),
+                             values=[float(v) for v in values], sigmas=schedule.sigmas.tolist(),
                              seconds=round(time.perf_counter() - start, 3)))
     return rows
 
 
 def format_table(rows: List[Dict]) -> str:
-    """Rows as a Markdown table: one line per schedule, one column per K."""
+    """Rows as a Markdown table: one line per schedule, one column per K (mean +- std when repeated)."""
     steps = sorted({row['steps'] for row in rows})
     names = list(dict.fromkeys(row['schedule'] for row in rows))
-    value = {(row['schedule'], row['steps']): row['value'] for row in rows}
+    cell = {(row['schedule'], row['steps']): (f'{row["value"]:.4g}' + (f' ± {row["spread"]:.2g}' if len(row['values']) > 1 else ''))
+            for row in rows}
     metric, solver = rows[0]['metric'], rows[0]['solver']
     header = f'| {metric} ({solver}) | ' + ' | '.join(f'K={k} (NFE {nfe(k, solver)})' for k in steps) + ' |'
     lines = [header, '|' + '---|' * (len(steps) + 1)]
     for name in names:
-        lines.append(f'| {name} | ' + ' | '.join(f'{value[(name, k)]:.4g}' for k in steps) + ' |')
+        lines.append(f'| {name} | ' + ' | '.join(cell[(name, k)] for k in steps) + ' |')
     return '\n'.join(lines)
 
 
@@ -106,8 +145,15 @@ def format_table(rows: List[Dict]) -> str:
 @click.option('--schedules', help='Comma-separated baselines, closed-form, or schedule files', metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
-@click.option('--metric', type=click.Choice(['w2', 'rms']), default='rms', show_default=True)
-@click.option('--num', help='Number of latents for rms', metavar='INT', type=click.IntRange(min=1), default=256,
+@click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
+@click.option('--num', help='Latents (images) per seed set', metavar='INT', type=click.IntRange(min=1), default=256,
+              show_default=True)
+@click.option('--repeats', help='Disjoint seed sets; the table shows mean +- std', metavar='INT',
+              type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--ref', help='FID reference statistics (.npz path or URL), for --metric=fid', metavar='NPZ|URL')
+@click.option('--detector', help='Inception for --metric=fid: offline, a TorchScript file, or a pickle URL/path',
+              metavar='offline|PATH|URL', default='offline', show_default=True)
+@click.option('--batch', help='Images per batch for --metric=fid', metavar='INT', type=click.IntRange(min=1), default=64,
               show_default=True)
 @click.option('--seed', help='First seed of the latents', metavar='INT', type=click.IntRange(min=0), default=0,
               show_default=True)
@@ -116,22 +162,27 @@ def format_table(rows: List[Dict]) -> str:
 @click.option('--device', help='Device', default='cpu', show_default=True)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
 @click.option('--out', help='Write the rows as JSON here', metavar='JSON', type=str, default=None)
-def main(network: str, steps: List[int], schedules: str, solver: str, metric: str, num: int, seed: int,
-         cf_samples: int, device: str, trust_pickle: bool, out: Optional[str]) -> None:
+def main(network: str, steps: List[int], schedules: str, solver: str, metric: str, num: int, repeats: int,
+         ref: Optional[str], detector: str, batch: int, seed: int, cf_samples: int, device: str, trust_pickle: bool,
+         out: Optional[str]) -> None:
     """Compare schedules side by side on one network."""
     device = torch.device(device)
     net = load_network(network, device=device, trust_embedded_code=trust_pickle)
     sources = [spec.strip() for spec in schedules.split(',') if spec.strip()]
     if not sources:
         raise UserError('--schedules is empty')
+    if metric == 'fid' and not ref:
+        raise UserError('--metric=fid needs --ref (reference statistics made with fid.py ref)')
     rows = run_bench(network, net, steps, sources, solver, metric, num, seed, device,
-                     closed_form_options=dict(num_samples=cf_samples))
+                     closed_form_options=dict(num_samples=cf_samples), repeats=repeats,
+                     fid_options=dict(ref=ref, detector=detector, batch=batch))
     print(format_table(rows))
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         tmp = out + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump(dict(network=network, metric=metric, solver=solver, num=num, seed=seed, rows=rows), f, indent=1)
+            json.dump(dict(network=network, metric=metric, solver=solver, num=num, repeats=repeats, seed=seed,
+                           rows=rows), f, indent=1)
         os.replace(tmp, out)
 
 

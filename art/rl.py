@@ -37,6 +37,46 @@ Formulation (each choice is a field of `ARTConfig` and is written into the sched
   sum_k mu_k dt = U; by Thm 3.2 the mean is the object that converges to the ART control, and it averages far faster
   than the executed theta (art-method.md §9).  'executed' is the paper's literal statistic (the sampled theta).
 
+Progress domain (`domain='progress'`, the 'images' preset).  The same control problem, eqs. 9/14 with the budget of
+eq. 6, written with the progress psi as the independent variable (this clock: sigma = Phi(U - psi), rho = 7).
+* Reparametrisation.  For a monotone control theta > 0, dt = dpsi/theta, so the cost and the budget become
+      int_0^U |Q_u| theta**2 dt = int_0^U q(psi) theta(psi) dpsi,      int_0^U theta dt = U  <=>  int_0^U dpsi/theta(psi) = U,
+  q = |Q_u| the clock's cost density (above): horizon and budget swap roles (progress runs over [0, U], the time spent
+  must be U), and the feasible schedules and their costs are the same as in eqs. 6/9.  In the fine-grid limit x(psi)
+  follows the exact flow whatever theta is, so q(psi) does not depend on the policy and the Lagrangian
+  C + gamma'(B - U), C = E int q theta dpsi, B = E int dpsi/theta, has the LOCAL gradient (q - gamma'/theta**2) per unit
+  psi: no costate V_psi is needed.  Its stationarity q theta**2 = gamma' is the conservation of the Hamiltonian
+  H = |Q| theta*(t)**2 of eq. 18 along the optimal path (art-method.md §2; gamma' = H, theta* ∝ |Q|**(-1/2)), and for a
+  time-only policy its solution is theta ∝ qbar**(-1/2), the training-free optimum of art.closed_form, which here is
+  LEARNED from rollouts, never computed or used for initialisation (the actor starts at theta = 1: EDM's grid).
+* Randomisation.  A Gaussian on theta has E[1/theta] = inf, so eq. 11 does not carry over to the psi form; the policy
+  is log-normal, theta = mu exp(log_std z), z ~ N(0, 1) (log_std fixed, like lambda).  Analogue of Thm 3.1:
+  E_z[q theta + gamma'/theta] = exp(log_std**2/2) (q mu + gamma'/mu), i.e. the randomised value is the deterministic
+  one times exp(log_std**2/2) (a multiplicative shift in place of + lam t); analogue of Thm 3.2: its minimiser in mu is
+  mu* = sqrt(gamma'/q), the deterministic optimum, whatever log_std.
+* Rollout.  Uniform psi-grid psi_k = k dpsi, dpsi = U/train_steps (`train_steps`, fine; `steps` = deployed K): x takes
+  the Euler step from sigma_k to sigma_{k+1} (policy-free, as in the limit), theta_k is drawn at every step and lasts
+  dt_k = dpsi/theta_k; running reward r_k = -(q_k theta_k + gamma'/theta_k) dpsi = -(|Q_u| theta**2 + gamma') dt_k
+  (eq. 9's -|Q| theta**2 - gamma theta with the multiplier on time instead of progress).
+* Critic (eq. 20/22a).  V(t, psi) = v_scale NN(t/U, psi/U), terminal value gamma' U, TD error
+  delta_k = r_k + V_{k+1} - V_k, updated by eq. 22a (semi-gradient, normalised by v_scale).
+* Actor (eq. 22b).  a = log mu, d log pi / d a = z/log_std; ascent coefficient (z_k/log_std) A_k with A_k = delta_k
+  (`baseline='critic'`: the critic is the baseline; x and q do not depend on theta_k, so the future part of the
+  return is independent of theta_k) or A_k = r_k - E_z[r_k | q_k] (`baseline='expected'`: the known conditional
+  expectation of the reward given the observed q_k, independent of z_k, hence unbiased; much lower variance because
+  q varies by ~35% between trajectories).  `precondition`: divided by the expected step cost
+  exp(log_std**2/2)(qbar_k mu_k + gamma'/mu_k) dpsi, so each psi moves at a rate ~ tanh(log(mu/mu*)).
+* Budget.  Exact renormalisation of the mean (art-method.md §8 item 3's alternative): log mu_k = a_k + log(sum_j dpsi
+  exp(-a_j) / U), so sum_k dpsi/mu_k = U (the common mode of a is a gauge, and the gradient passes through the
+  normalisation); gamma' = C/B on each batch (`gamma_update='ratio'`), the value at which the Lagrangian is stationary
+  along the common mode (d/dc [C + gamma' B] = 0 for theta -> c theta).  The stats report gamma = gamma' and
+  psi_T_mean = E[time spent]/U (= exp(log_std**2/2) for the mean-normalised policy).
+* Distillation.  Mean over the last `distill_size` trajectories of the normalised time increments dpsi/mu_k: the
+  clock u(psi_k) = t_k/U, sigma_k = Phi(U - psi_k); the K-step grid is read off at u = i/K (art.schedules.Clock).
+
+Measured (write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms endpoint error over 256 latents against
+DOP853; 'images' preset): see "Status of the progress domain" at the end of this docstring.
+
 Critic-driven form (EXPERIMENTAL, not validated: see "Status" below).  Selected by any of noise='relative',
 actor_update in ('critic', 'improve'), critic_update='td+costate'; the paper's path above is unchanged otherwise.
 * Exploration `noise='relative'`: variance lam_k/|Q_k| with lam_k = rel_std**2 |Q_k| mu_k**2 (std = rel_std mu), a

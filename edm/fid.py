@@ -288,8 +288,7 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
                                          prefetch_factor=(2 if num_workers > 0 else None))
 
     log(f'Calculating statistics for {num_images} images...')
-    mu_sum = torch.zeros([FEATURE_DIM], dtype=torch.float64, device=device)
-    s_sum = torch.zeros([FEATURE_DIM, FEATURE_DIM], dtype=torch.float64, device=device)
+    stats = FeatureStats(device)
     with torch.no_grad():
         for indices, arrays in tqdm.tqdm(zip(batches, loader), total=len(batches), unit='batch',
                                          disable=(rank != 0 or not progress)):
@@ -297,15 +296,41 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
             if len(arrays) == 0:
                 continue
             images = _stack_images(arrays, [dataset.names[i] for i in indices.tolist()]).to(device)
-            features = detector_features(detector, images)
-            mu_sum += features.sum(dim=0)
-            s_sum += features.T @ features
+            stats.update(detector_features(detector, images))
     if world_size > 1:
-        torch.distributed.all_reduce(mu_sum)
-        torch.distributed.all_reduce(s_sum)
-    mu = mu_sum / num_images
-    sigma = (s_sum - torch.outer(mu, mu) * num_images) / (num_images - 1)
-    return mu.cpu().numpy(), sigma.cpu().numpy()
+        stats.all_reduce()
+    return stats.mean_cov()
+
+
+class FeatureStats:
+    """Float64 running sums of detector features (sum f and sum f f^T) and the statistics they give."""
+
+    def __init__(self, device: torch.device = torch.device('cpu')):
+        self.num = 0
+        self.mu_sum = torch.zeros([FEATURE_DIM], dtype=torch.float64, device=device)
+        self.s_sum = torch.zeros([FEATURE_DIM, FEATURE_DIM], dtype=torch.float64, device=device)
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a [B, 2048] batch of features."""
+        features = features.to(torch.float64)
+        self.num += features.shape[0]
+        self.mu_sum += features.sum(dim=0)
+        self.s_sum += features.T @ features
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of all ranks (every rank must call this)."""
+        num = torch.tensor([self.num], dtype=torch.float64, device=self.mu_sum.device)
+        for tensor in (num, self.mu_sum, self.s_sum):
+            torch.distributed.all_reduce(tensor)
+        self.num = int(num.item())
+
+    def mean_cov(self) -> Tuple[np.ndarray, np.ndarray]:
+        """mu = sum f / N and the unbiased covariance (S - N mu mu^T)/(N - 1), as float64 numpy arrays."""
+        if self.num < 2:
+            raise UserError(f'statistics need at least 2 images, got {self.num}')
+        mu = self.mu_sum / self.num
+        sigma = (self.s_sum - torch.outer(mu, mu) * self.num) / (self.num - 1)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Distance.

@@ -10,6 +10,7 @@ from art.analytic import load_analytic, write_random_gmm
 from art.bench import format_table, run_bench
 from art.schedules import Schedule, save_schedule
 from conftest import ROOT
+from edm.images import to_uint8
 
 STEPS = [2, 5, 10, 20, 50, 100]
 PAPER_UNIFORM = [.465, .212, .110, .057, .023, .012]   # P1 Table 1, computed exactly (art-method.md section 7)
@@ -65,3 +66,34 @@ def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
 def test_cli_bad_input(args, pattern):
     run = subprocess.run([sys.executable, '-m', 'art.bench'] + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and pattern in run.stderr and 'Traceback' not in run.stderr
+
+
+class _ProjectionDetector(torch.nn.Module):
+    """A fixed random projection of the pixels to 2048 features (stands in for Inception)."""
+
+    def __init__(self, pixels):
+        super().__init__()
+        self.weight = torch.randn(pixels, 2048, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def forward(self, images, return_features=True):
+        return images.to(torch.float64).flatten(1) @ self.weight / 255
+
+
+def test_fid_metric_with_repeats_orders_budgets(tmp_path):
+    from art.bench import SeedSet
+    from edm import fid
+    net = load_analytic('analytic:gauss:std=0.5,shape=1x4x4')
+    detector = _ProjectionDetector(16)
+    # Reference statistics: exact ODE endpoints of other seeds, through the same quantisation and detector.
+    reference = SeedSet(net, list(range(1000, 1400)), torch.device('cpu')).reference(80.0)
+    stats = fid.FeatureStats()
+    stats.update(detector(torch.from_numpy(to_uint8(reference)).permute(0, 3, 1, 2)))
+    mu, sigma = stats.mean_cov()
+    ref_path = str(tmp_path / 'ref.npz')
+    fid.save_reference(ref_path, mu, sigma)
+    rows = run_bench('g', net, [1, 20], ['edm'], 'euler', 'fid', 200, 0, torch.device('cpu'), repeats=2,
+                     fid_options=dict(ref=ref_path, detector=detector, batch=64))
+    by_k = {r['steps']: r for r in rows}
+    assert all(len(r['values']) == 2 and r['spread'] >= 0 for r in rows)
+    assert by_k[20]['value'] < by_k[1]['value'] / 5      # 20 steps are far closer to the data than 1 step
+    assert '±' in format_table(rows)

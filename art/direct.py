@@ -1,0 +1,206 @@
+"""Direct optimisation of a K-step grid through the sampler: the LD3 idea with a plain squared error.
+
+Source: Tong et al. 2024, "Learning to Discretize Denoising Diffusion ODEs" (LD3). LD3 learns the K-1 interior noise
+levels by backpropagating through the few-step solver so that its output matches a teacher's; it uses a slackened
+(LPIPS) loss. Here the loss is the plain mean squared endpoint error against the high-accuracy reference of the same
+latents (art.metrics.reference_endpoints: exact for analytic models, a 512-step Heun solve otherwise), i.e. the
+square of the rms that art.bench reports, so on analytic models this approaches the optimum for a given K.
+
+Parametrisation: with rho = 7 and v = sigma^(1/rho), the grid runs v_0 = sigma_max^(1/rho) down to v_K = 0 by K
+positive increments v_0 softmax(z) (z: K free logits); sigma_k = v_k^rho. Every z gives a strictly descending grid
+with sigma_0 = sigma_max and sigma_K = 0 exactly.
+
+Start: the loss is not convex in z (on mixtures, Euler from EDM's grid with sigma_min = 0.002 descends into a basin
+whose last level stays near 0.002, while the best grids end near sigma ~ 1). So the EDM rho = 7 grid (K levels then 0)
+is scored for each sigma_min in init_sigma_mins (0.002 is EDM's own grid; forward passes only) and Adam starts from
+the best; init_sigma_mins = (0.002,) is the plain EDM start.
+
+Optimisation: Adam on z, learning rate cosine-annealed to 0; the loss is differentiated through an Euler/Heun rollout
+that calls the network at each level (the arithmetic of edm.sampler.sample with the linear schedule, no scaling, no
+churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state is float64
+(analytic models compute in float64 throughout). The returned grid is the evaluated iterate (starts included) with the
+lowest training loss.
+
+Training latents come from per-seed generators (edm.rng, drawn as art.bench draws them) with seeds
+TRAIN_SEED_BASE + seed + i, disjoint from the seeds 0..N-1 that art.bench evaluates on: benchmarks are held out.
+
+Cost (provenance['cost']): forward_evals counts per-sample network forward passes (latents x NFE per pass: one pass
+per scanned start, one per iteration, one final), backward_evals the per-sample vector-Jacobian products through the
+network (iterations x latents x NFE); the reference solve is counted apart (reference_forward_evals for networks; for
+analytic models it is an adaptive DOP853 solve whose CPU time is in reference_cpu_seconds and cpu_seconds).
+"""
+
+import math
+import time
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from art.analytic import AnalyticModel
+from art.metrics import REFERENCE_STEPS, reference_endpoints
+from art.schedules import Schedule, clock_from_grid, code_version
+from edm import grids
+from edm.grids import check_choice
+from edm.rng import StackedRandomGenerator
+from edm.sampler import nfe
+
+RHO = 7.0
+TRAIN_SEED_BASE = 1_000_000      # training latents use seeds TRAIN_SEED_BASE + seed + i (benchmarks use 0..N-1)
+DEFAULT_SIGMA_MAX = 80.0
+INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
+
+
+def net_device(net: torch.nn.Module) -> torch.device:
+    """The device of the network's first parameter or buffer (cpu if it has none)."""
+    for tensor in (*net.parameters(), *net.buffers()):
+        return tensor.device
+    return torch.device('cpu')
+
+
+def training_latents(net: torch.nn.Module, num: int, first_seed: int,
+                     device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Latents (float64) and one-hot labels (None if unconditional) from seeds first_seed.., drawn as art.bench does."""
+    rnd = StackedRandomGenerator(device, range(first_seed, first_seed + num))
+    latents = rnd.randn([num, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    labels = None
+    if net.label_dim:
+        labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[num], device=device)]
+    return latents.to(torch.float64), labels
+
+
+def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, class_labels: Optional[torch.Tensor],
+            solver: str) -> torch.Tensor:
+    """Differentiable Euler/Heun solve from latents * sigmas[0] over the grid (Heun's last step is Euler)."""
+    def f(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return (x - net(x, sigma, class_labels).to(torch.float64)) / sigma
+
+    x = latents.to(torch.float64) * sigmas[0]
+    num_steps = len(sigmas) - 1
+    for i in range(num_steps):
+        h = sigmas[i + 1] - sigmas[i]
+        d = f(x, sigmas[i])
+        if solver == 'euler' or i == num_steps - 1:
+            x = x + h * d
+        else:
+            x = x + 0.5 * h * (d + f(x + h * d, sigmas[i + 1]))
+    return x
+
+
+def grid_from_logits(logits: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """sigma_k = v_k^rho with v_k = v_0 (1 - cumsum(softmax(z))_k): strictly descending, sigma_max down to exactly 0."""
+    v0 = sigma_max ** (1 / RHO)
+    frac = torch.cumsum(torch.softmax(logits, dim=0), dim=0)[:-1]       # K-1 interior fractions in (0, 1)
+    interior = (v0 * (1 - frac)).clamp(min=0) ** RHO
+    ends = logits.new_tensor([sigma_max, 0.0])
+    return torch.cat([ends[:1], interior, ends[1:]])
+
+
+def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
+    """The logits z whose grid is `sigmas` (log of the v-increments; softmax is invariant to their shift)."""
+    v = np.asarray(sigmas, dtype=np.float64) ** (1 / RHO)
+    return torch.from_numpy(np.log(v[:-1] - v[1:]))
+
+
+def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
+                    num_latents: int = 64, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
+                    init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, sigma_max: Optional[float] = None,
+                    batch_size: Optional[int] = None) -> Schedule:
+    """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
+    check_choice('solver', solver, ('euler', 'heun'))
+    check_choice('init', init, grids.DISCRETIZATIONS)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    if num_latents < 1 or iters < 0 or not lr > 0:
+        raise ValueError(f'need num_latents >= 1, iters >= 0 and lr > 0, got {num_latents}, {iters}, {lr}')
+    sigma_max = min(DEFAULT_SIGMA_MAX, net.sigma_max) if sigma_max is None else float(sigma_max)
+    device = net_device(net)
+    batch_size = batch_size or num_latents
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    first_seed = TRAIN_SEED_BASE + seed
+    latents, labels = training_latents(net, num_latents, first_seed, device)
+    with torch.no_grad():
+        reference = reference_endpoints(net, latents, sigma_max, labels).to(torch.float64)
+    reference_cpu = time.process_time() - cpu0
+
+    per_pass = nfe(int(num_steps), solver) * num_latents
+    forward_evals = backward_evals = 0
+
+    def loss_and_grad(z: torch.Tensor, with_grad: bool) -> float:
+        """Mean over latents of |x_K - x_ref|^2, accumulating d/dz over batches when with_grad."""
+        total = 0.0
+        for start in range(0, num_latents, batch_size):
+            part = slice(start, start + batch_size)
+            with torch.set_grad_enabled(with_grad):
+                x = rollout(net, latents[part], grid_from_logits(z, sigma_max), None if labels is None else
+                            labels[part], solver)
+                loss = (x - reference[part]).flatten(1).square().sum(1).sum() / num_latents
+            if with_grad:
+                grad, = torch.autograd.grad(loss, [z])      # d/dz only: the network's parameters stay frozen
+                z.grad = grad if z.grad is None else z.grad + grad
+            total += loss.item()
+        return total
+
+    starts = {}                                     # sigma_min -> (training loss, logits) of each candidate start
+    for sigma_min in (m for m in init_sigma_mins if m < sigma_max):
+        start_sigmas = grids.make_sigmas(init, int(num_steps), sigma_min=sigma_min, sigma_max=sigma_max, net=net)
+        start_sigmas[0] = sigma_max
+        z = logits_from_grid(start_sigmas).to(device)
+        starts[float(sigma_min)] = (loss_and_grad(z, with_grad=False), z)
+        forward_evals += per_pass
+    if not starts:
+        raise ValueError(f'no init_sigma_mins value lies below sigma_max = {sigma_max}')
+    start_sigma_min = min(starts, key=lambda key: starts[key][0])
+    logits = starts[start_sigma_min][1].clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=lr)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iters), 1))
+
+    history = []
+    best_loss, best_logits = starts[start_sigma_min][0], logits.detach().clone()
+    for _ in range(int(num_steps > 1) * iters):     # K = 1 has no interior level to learn
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_and_grad(logits, with_grad=True)
+        forward_evals += per_pass
+        backward_evals += per_pass
+        history.append(loss)
+        if loss < best_loss:
+            best_loss, best_logits = loss, logits.detach().clone()
+        optimizer.step()
+        annealing.step()
+    final_loss = loss_and_grad(logits.detach(), with_grad=False)
+    forward_evals += per_pass
+    if final_loss < best_loss:
+        best_loss, best_logits = final_loss, logits.detach().clone()
+
+    sigmas = grid_from_logits(best_logits, sigma_max).cpu().numpy()
+    sigmas[0], sigmas[-1] = sigma_max, 0.0
+    analytic = isinstance(net, AnalyticModel)
+    start_loss = starts[start_sigma_min][0]
+    provenance = {
+        'network': network,
+        'method_source': 'LD3 (Tong et al. 2024, Learning to Discretize Denoising Diffusion ODEs), plain squared error',
+        'objective': 'mean over training latents of |x_K - x_ref|^2, x_ref the reference PF-ODE endpoint '
+                     '(art.metrics.reference_endpoints) of the same latents',
+        'parametrisation': f'sigma^(1/{RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
+        'init': {'discretization': init, 'sigma_min_scanned': {str(k): math.sqrt(v[0]) for k, v in starts.items()},
+                 'rule': 'start from the scanned grid with the lowest training rms', 'sigma_min': start_sigma_min,
+                 'sigmas': grid_from_logits(starts[start_sigma_min][1], sigma_max).tolist()},
+        'num_steps_built_for': int(num_steps), 'iterations': int(iters) if num_steps > 1 else 0,
+        'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': batch_size,
+        'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',
+                    'sigma_max': sigma_max},
+        'seed': seed, 'returned': 'lowest training loss among evaluated iterates',
+        'reference': 'exact (DOP853, rtol 1e-11)' if analytic else f'Heun, EDM rho=7 grid, {REFERENCE_STEPS} steps',
+        'final_training_loss': best_loss, 'start_training_loss': start_loss,
+        'loss_history_every_10': history[::10],
+        'cost': {'forward_evals': forward_evals, 'backward_evals': backward_evals,
+                 'reference_forward_evals': None if analytic else num_latents * nfe(REFERENCE_STEPS, 'heun'),
+                 'reference_cpu_seconds': round(reference_cpu, 3),
+                 'cpu_seconds': round(time.process_time() - cpu0, 3),
+                 'wall_seconds': round(time.perf_counter() - wall0, 3)},
+        'code_version': code_version(),
+    }
+    metrics = {'train_rms': math.sqrt(best_loss), 'train_rms_start': math.sqrt(start_loss)}
+    return Schedule('direct', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,
+                    metrics=metrics)
