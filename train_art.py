@@ -20,7 +20,7 @@ import dnnlib
 from art.networks import DEFAULT_NETWORK, network_name
 from art.networks import load_network as load_any_network
 from art.rl import PRESETS, ARTConfig
-from art.train import METHODS, atomic_write, next_run_dir, train_schedules
+from art.train import METHODS, next_run_dir, train_schedules
 from edm.errors import Command, UserError
 from edm.generate import int_list_callback, load_network, parse_device
 from torch_utils import distributed as dist
@@ -77,8 +77,8 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
                        loader=lambda spec: load_any_network(spec, trust_embedded_code=trust_pickle))
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
-        atomic_write(os.path.join(run_dir, 'training_options.json'),
-                     lambda tmp: open(tmp, 'w').write(json.dumps(options, indent=2) + '\n'))
+        dnnlib.util.atomic_write(os.path.join(run_dir, 'training_options.json'),
+                                 lambda f: f.write((json.dumps(options, indent=2) + '\n').encode()))
     dist.barrier()
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a', should_flush=True) \
         if dist.get_rank() == 0 else None

@@ -20,6 +20,7 @@ import click
 import numpy as np
 import torch
 
+import dnnlib
 from art import metrics
 from art.closed_form import closed_form_schedule
 from art.networks import load_network
@@ -178,12 +179,9 @@ def main(network: str, steps: List[int], schedules: str, solver: str, metric: st
                      fid_options=dict(ref=ref, detector=detector, batch=batch))
     print(format_table(rows))
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        tmp = out + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(dict(network=network, metric=metric, solver=solver, num=num, repeats=repeats, seed=seed,
-                           rows=rows), f, indent=1)
-        os.replace(tmp, out)
+        text = json.dumps(dict(network=network, metric=metric, solver=solver, num=num, repeats=repeats, seed=seed,
+                               rows=rows), indent=1)
+        dnnlib.util.atomic_write(out, lambda f: f.write(text.encode()))
 
 
 if __name__ == '__main__':

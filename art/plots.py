@@ -18,13 +18,13 @@ that exports and tables do not pay for it.
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Callable, Dict, IO, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+import dnnlib
 
 PathLike = Union[str, Path]
 EXPORT_FORMATS = ('k-diffusion', 'diffusers', 'list')
@@ -72,33 +72,16 @@ def parse_export(text: str, fmt: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Atomic writes.
 
-def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call write(binary file) on a temporary file next to path, then os.replace it onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write text (UTF-8) to path atomically."""
-    return _atomic_write(path, lambda fh: fh.write(text.encode('utf-8')))
+    return Path(dnnlib.util.atomic_write(path, lambda fh: fh.write(text.encode('utf-8'))))
 
 
 def _save_figure(fig, path: PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
     try:
-        return _atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight'))
+        return Path(dnnlib.util.atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight')))
     finally:
         plt.close(fig)
 
@@ -171,9 +154,10 @@ def plot_metric_vs_nfe(rows: Iterable[Mapping], path: PathLike, metric_name: str
         for name, points in series.items():
             points.sort()
             shown = [(n, v) for n, v in points if math.isfinite(v) and v > 0]
-            label = name if len(shown) == len(points) else f'{name} ({len(points) - len(shown)} value(s) <= 0 not shown)'
-            if shown:
-                ax.plot(*zip(*shown), marker='o', markersize=4, linewidth=1.2, label=label)
+            hidden = len(points) - len(shown)
+            label = f'{name} ({hidden} value(s) <= 0 not shown)' if hidden else name
+            xs, ys = zip(*shown) if shown else ((), ())     # a fully hidden series still gets its legend entry
+            ax.plot(xs, ys, marker='o', markersize=4, linewidth=1.2, label=label)
         ax.set_yscale('log')
         if min(nfes) > 0 and max(nfes) >= 10 * min(nfes):
             ax.set_xscale('log')

@@ -612,10 +612,10 @@ class ARTLearner:
 
     def progress_log_mean(self) -> torch.Tensor:
         """log mu_k on the psi-grid: the actor's a(psi_k) shifted so that the mean spends the time budget exactly,
-        sum_k dpsi / mu_k = U (exact renormalisation; the common mode of a is a gauge)."""
+        sum_k dpsi / mu_k = U (exact renormalisation; the common mode of a is a gauge, the shift carries no gradient)."""
         psi = torch.arange(self.grid_steps, dtype=torch.float64, device=self.device) * self.dt
         a = self.actor(self.progress_features(psi)).squeeze(-1)
-        return a + torch.logsumexp(-a, 0) + math.log(self.dt / self.clock.U)
+        return a + (torch.logsumexp(-a, 0) + math.log(self.dt / self.clock.U)).detach()
 
     def losses_progress(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Critic: TD (eq. 22a in psi); actor: likelihood ratio of the log-normal exploration times the advantage."""
@@ -638,7 +638,8 @@ class ARTLearner:
             if cfg.precondition:                                                 # relative: / expected cost of the step
                 coef = coef / (growth * (q.mean(0) * mu + gamma / mu) * dpsi)
         critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
-        actor_loss = -(coef.mean(0) * log_mu).sum()                              # policy gradient on log mu
+        coef = coef.mean(0)
+        actor_loss = -((coef - coef.mean()) * log_mu).sum()                      # gauge-fixed policy gradient on log mu
         with torch.no_grad():
             stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=reward.sum(1).mean(),
                          psi_T_mean=traj['t_T'].mean() / U, psi_T_std=traj['t_T'].std(unbiased=False) / U,

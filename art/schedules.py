@@ -19,15 +19,14 @@ Resampling to another K (``Schedule.resample``):
 import dataclasses
 import json
 import math
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import scipy.interpolate
 
+import dnnlib
 from edm import grids
 from edm.errors import UserError
 
@@ -248,19 +247,8 @@ class Schedule:
 
 def save_schedule(schedule: Schedule, path: PathLike) -> Path:
     """Write the schedule file atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
     text = json.dumps(schedule.to_dict(), indent=2, allow_nan=False) + '\n'
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(dnnlib.util.atomic_write(path, lambda f: f.write(text.encode())))
 
 
 def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: bool = False) -> Schedule:

@@ -3,27 +3,31 @@
 Run directory (upstream style): `<outdir>/<5-digit id>-<desc>/` with `training_options.json`, `log.txt` (a tee of the
 console), `stats.jsonl` (one JSON object per iteration: K, iteration, gamma, psi(T), TD error, reward, theta
 statistics, timing), `snapshot-k<K>.pt` (the learner's whole state, written atomically every `snap` iterations; one
-file per rank under torchrun) and the final `schedule-k<K>.json` per K.
+file per rank under torchrun), the final `schedule-k<K>.json` per K and `schedules.png` (the schedules against EDM's
+grid).
 
 A run stopped at any point (kill -9 included) and resumed with `resume=<run dir>` continues from the last snapshot
 and ends with the same schedule as an uninterrupted run: the learner's randomness is a function of (seed, iteration).
 """
 
+import glob
 import json
 import os
 import re
-import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import tqdm
+
+import dnnlib
 
 from art.analytic import GaussianModel
 from art.closed_form import closed_form_schedule
 from art.metrics import exact_w2
 from art.rl import ARTConfig, ARTDivergence, ARTLearner
-from art.schedules import Clock, Schedule, code_version, save_schedule
+from art.plots import plot_schedules
+from art.schedules import Clock, Schedule, baseline_schedule, code_version, load_schedule, save_schedule
 from edm.errors import UserError
 from torch_utils import distributed as dist
 
@@ -35,18 +39,6 @@ def next_run_dir(outdir: str, desc: str) -> str:
     ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
            if (m := re.match(r'^(\d+)-', name)) and os.path.isdir(os.path.join(outdir, name))]
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path` (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.' + os.path.basename(path) + '.')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def snapshot_path(run_dir: str, num_steps: int, rank: int) -> str:
@@ -72,7 +64,7 @@ class StatsLog:
         with open(self.path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         keep = [row for row in rows if row['K'] != num_steps or row['iteration'] <= iteration]
-        atomic_write(self.path, lambda tmp: open(tmp, 'w').write(''.join(json.dumps(r) + '\n' for r in keep)))
+        dnnlib.util.atomic_write(self.path, lambda f: f.write(''.join(json.dumps(r) + '\n' for r in keep).encode()))
 
     def append(self, row: dict) -> None:
         """Add one row."""
@@ -113,7 +105,7 @@ def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: di
 
     def save_snapshot() -> None:
         state = learner.state_dict()
-        atomic_write(snapshot, lambda tmp: torch.save(state, tmp))
+        dnnlib.util.atomic_write(snapshot, lambda f: torch.save(state, f))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with tqdm.tqdm(total=cfg.iters, initial=learner.iteration, unit='it', desc=f'ART-RL K={cfg.steps}',
@@ -153,6 +145,9 @@ def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method
     The closed form is K-independent (a clock, art-method.md section 1.4): it is estimated once and read off at each K.
     """
     paths, closed_form = [], None
+    if dist.get_rank() == 0:                       # temporary files of writes interrupted by a kill
+        for stale in glob.glob(os.path.join(run_dir, '.*.tmp')):
+            os.remove(stale)
     for num_steps in steps:
         path = schedule_path(run_dir, num_steps)
         paths.append(path)
@@ -172,4 +167,17 @@ def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method
             dist.print0(f'K={num_steps}: wrote {path}: sigmas {[round(float(s), 4) for s in schedule.sigmas]}'
                         + ''.join(f', {k} {v:.4g}' for k, v in schedule.metrics.items()))
         dist.barrier()
+    if dist.get_rank() == 0:
+        plot_run(run_dir, net, paths)
     return paths
+
+
+def plot_run(run_dir: str, net: torch.nn.Module, paths: List[str]) -> str:
+    """`schedules.png` of a run: its schedules and EDM's grid at the same K (log sigma against step index)."""
+    grids = {}
+    for path in paths:
+        schedule = load_schedule(path)
+        grids[f'{schedule.method} K={schedule.num_steps}'] = schedule.sigmas
+        grids[f'edm K={schedule.num_steps}'] = baseline_schedule('edm', schedule.num_steps, net=net).sigmas
+    return str(plot_schedules(grids, os.path.join(run_dir, 'schedules.png'), title=os.path.basename(run_dir)))
+

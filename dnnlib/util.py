@@ -319,3 +319,22 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 10, 
             return cache_file
 
     return io.BytesIO(data)
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> str:
+    """Call write(binary file) on a temporary file beside `path` (folders created), then rename it onto `path`:
+    readers see the old file or the complete new one, never a half-written one. Returns `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -406,16 +406,8 @@ def load_reference(spec: str) -> Dict[str, np.ndarray]:
 
 def save_reference(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write `np.savez` with exactly mu and sigma (float64) to `path` atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    dnnlib.util.atomic_write(path, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64)))
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The two subcommands of fid.py.

@@ -1,11 +1,12 @@
 """Image output as upstream generate.py writes it: `000123.png`, optional 1000-seed subfolders."""
 import os
-import uuid
 from typing import Iterable, List, Sequence
 
 import numpy as np
 import PIL.Image
 import torch
+
+import dnnlib
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -28,14 +29,7 @@ def _pil_image(array: np.ndarray) -> PIL.Image.Image:
 
 def save_png(image: PIL.Image.Image, path: str) -> None:
     """Write a PNG atomically: a temporary file in the same folder, then rename."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path) or '.', f'.tmp-{uuid.uuid4().hex}.png')
-    try:
-        image.save(tmp, format='PNG')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    dnnlib.util.atomic_write(path, lambda f: image.save(f, format='PNG'))
 
 
 def save_images(images: torch.Tensor, seeds: Iterable[int], outdir: str, subdirs: bool = False) -> List[str]:

@@ -32,7 +32,8 @@ def test_run_directory_and_schedule_file(tmp_path):
     assert out.returncode == 0, out.stderr
     run = _only_run_dir(tmp_path)
     assert os.path.basename(run) == '00000-t-k5'
-    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'snapshot-k5.pt', 'schedule-k5.json'} <= set(os.listdir(run))
+    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'snapshot-k5.pt', 'schedule-k5.json',
+            'schedules.png'} <= set(os.listdir(run))
     rows = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
     assert [r['iteration'] for r in rows] == list(range(1, 31))
     assert {'gamma', 'psi_T_mean', 'td_error', 'reward', 'theta_mean', 'theta_std', 'sec_per_iter'} <= set(rows[0])
@@ -71,7 +72,6 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     assert not os.path.exists(os.path.join(run, 'schedule-k5.json')), 'the run finished before it was killed'
     snapshot = torch.load(os.path.join(run, 'snapshot-k5.pt'), weights_only=True)   # never half-written
     assert 20 <= snapshot['iteration'] < 60
-    assert not [name for name in os.listdir(run) if name.startswith('.')], 'temporary files left behind'
 
     resumed = _train(['--resume', run, '--device=cpu'])
     assert resumed.returncode == 0, resumed.stderr
@@ -80,6 +80,7 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     np.testing.assert_array_equal(got, expected)
     rows = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
     assert [r['iteration'] for r in rows] == list(range(1, 61))
+    assert not [name for name in os.listdir(run) if name.startswith('.')], 'temporary files left behind'
 
 
 def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):

@@ -8,7 +8,7 @@ grid_sample, and filtered 2x downsampling. Colour transforms act through a 4x4 m
 transforms have no labels of their own (train.py leaves them off).
 """
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch

@@ -7,7 +7,7 @@ import json
 import os
 import pickle
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import psutil
@@ -30,29 +30,6 @@ def ema_beta(batch_size: int, cur_nimg: int, ema_halflife_kimg: float, ema_rampu
 def learning_rate(lr: float, cur_nimg: int, lr_rampup_kimg: float) -> float:
     """lr * min(cur_nimg / (lr_rampup_kimg * 1000), 1) (6.5)."""
     return lr * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
-
-
-def _atomic_pickle(obj: Any, path: str) -> None:
-    """pickle.dump to a temporary file in the same folder, then os.replace, so no partial snapshot is visible."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            pickle.dump(obj, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file, then os.replace."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_training_state(path: str) -> dict:
@@ -241,14 +218,16 @@ def training_loop(
                     data[key] = value.cpu()
                 del value  # conserve memory
             if rank == 0:
-                _atomic_pickle(data, os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl'))
+                dnnlib.util.atomic_write(os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl'),
+                                         lambda f: pickle.dump(data, f))
             del data  # conserve memory
 
         # Save full dump of the training state.
         if (state_dump_ticks is not None) and (done or cur_tick % state_dump_ticks == 0) and cur_tick != 0 \
                 and rank == 0:
-            _atomic_torch_save(dict(net=net, optimizer_state=optimizer.state_dict()),
-                               os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'))
+            state = dict(net=net, optimizer_state=optimizer.state_dict())
+            dnnlib.util.atomic_write(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt'),
+                                     lambda f: torch.save(state, f))
 
         # Update logs.
         training_stats.default_collector.update()

@@ -1,0 +1,93 @@
+"""art.direct: the LD3-style grid learned by gradient descent through the sampler, on analytic models."""
+import numpy as np
+import pytest
+import torch
+
+from art.analytic import load_analytic, write_random_gmm
+from art.closed_form import closed_form_schedule
+from art.direct import (TRAIN_SEED_BASE, direct_schedule, grid_from_logits, logits_from_grid, rollout,
+                        training_latents)
+from art.metrics import reference_endpoints, rms_error
+from art.schedules import load_schedule, save_schedule
+from edm import grids
+from edm.sampler import nfe, sample
+
+NUM = 64      # latents, training and held-out
+
+
+@pytest.fixture(scope='module')
+def gmm(tmp_path_factory):
+    """A random 8-component mixture on 1x4x4 images."""
+    path = write_random_gmm(tmp_path_factory.mktemp('gmm') / 'mix.npz', k=8, shape=(1, 4, 4), seed=3)
+    return load_analytic(f'analytic:gmm:{path}')
+
+
+def held_out_rms(net, sigmas, solver, first_seed=0):
+    """rms endpoint error on the benchmark's latents (seeds first_seed.., disjoint from the training seeds)."""
+    latents, _ = training_latents(net, NUM, first_seed, torch.device('cpu'))
+    reference = reference_endpoints(net, latents, float(sigmas[0]))
+    return rms_error(sample(net, latents, sigmas, solver=solver), reference)
+
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+def test_rollout_is_the_sampler(gmm, solver):
+    latents, _ = training_latents(gmm, 8, 5, torch.device('cpu'))
+    sigmas = grids.make_sigmas('edm', 6, net=gmm)
+    x = rollout(gmm, latents, torch.from_numpy(sigmas), None, solver)
+    assert torch.equal(x, sample(gmm, latents, sigmas, solver=solver))
+
+
+def test_parametrisation_round_trips_and_stays_valid():
+    sigmas = grids.edm_sigmas(7, 0.002, 80.0)
+    np.testing.assert_allclose(grid_from_logits(logits_from_grid(sigmas), 80.0).numpy(), sigmas, rtol=1e-12)
+    z = torch.tensor([5.0, -3.0, 0.0, 9.0, -8.0], dtype=torch.float64)       # any logits: a valid grid
+    grid = grid_from_logits(z, 80.0).numpy()
+    assert len(grid) == 6 and grid[0] == 80.0 and grid[-1] == 0.0 and (np.diff(grid) < 0).all()
+
+
+@pytest.fixture(scope='module')
+def euler_k5(gmm):
+    """Direct at K=5, Euler, from the plain EDM grid (no scan of starts)."""
+    return direct_schedule(gmm, 5, network='gmm', num_latents=NUM, iters=120, lr=0.05, init_sigma_mins=(0.002,))
+
+
+def test_direct_is_a_valid_schedule_and_round_trips(euler_k5, tmp_path):
+    s = euler_k5
+    assert s.method == 'direct' and s.solver == 'euler' and s.num_steps == 5 and len(s.sigmas) == 6
+    assert s.sigmas[0] == 80.0 and s.sigmas[-1] == 0.0 and (np.diff(s.sigmas) < 0).all()
+    np.testing.assert_array_equal(s.clock.grid(5), s.sigmas)
+    back = load_schedule(save_schedule(s, tmp_path / 'direct.json'))
+    np.testing.assert_array_equal(back.sigmas, s.sigmas)
+    assert back.method == 'direct' and back.provenance == s.provenance and back.metrics == s.metrics
+    cost = s.provenance['cost']
+    assert cost['forward_evals'] == (1 + 120 + 1) * NUM * nfe(5, 'euler')      # start, iterations, final
+    assert cost['backward_evals'] == 120 * NUM * nfe(5, 'euler') and cost['cpu_seconds'] > 0
+    assert s.provenance['latents']['seeds'] == f'{TRAIN_SEED_BASE}-{TRAIN_SEED_BASE + NUM - 1}'
+
+
+def test_direct_lowers_training_rms_and_beats_edm_held_out(gmm, euler_k5):
+    edm = grids.make_sigmas('edm', 5, net=gmm)
+    train_edm = held_out_rms(gmm, edm, 'euler', first_seed=TRAIN_SEED_BASE)     # the start, recomputed
+    assert euler_k5.metrics['train_rms_start'] == pytest.approx(train_edm, rel=1e-9)
+    assert euler_k5.metrics['train_rms'] == pytest.approx(
+        held_out_rms(gmm, euler_k5.sigmas, 'euler', first_seed=TRAIN_SEED_BASE), rel=1e-9)
+    assert euler_k5.metrics['train_rms'] < 0.8 * train_edm
+    assert held_out_rms(gmm, euler_k5.sigmas, 'euler') < 0.8 * held_out_rms(gmm, edm, 'euler')
+
+
+def test_scanned_start_is_at_least_as_good_heun(gmm):
+    plain = direct_schedule(gmm, 3, solver='heun', num_latents=NUM, iters=60, init_sigma_mins=(0.002,))
+    scanned = direct_schedule(gmm, 3, solver='heun', num_latents=NUM, iters=60)
+    assert scanned.metrics['train_rms_start'] <= plain.metrics['train_rms_start']
+    assert scanned.metrics['train_rms'] < plain.metrics['train_rms_start']
+    edm = grids.make_sigmas('edm', 3, net=gmm)
+    assert held_out_rms(gmm, scanned.sigmas, 'heun') < 0.5 * held_out_rms(gmm, edm, 'heun')
+
+
+@pytest.mark.parametrize('num_steps', [3, 5])
+def test_direct_no_worse_than_closed_form_on_a_gaussian(num_steps):
+    """It optimises the endpoint error itself, which the closed form (a local-error optimum) does not."""
+    net = load_analytic('analytic:gauss:std=0.5,shape=1x4x4')
+    closed = closed_form_schedule(net, num_steps, num_samples=8, fine_steps=128)
+    direct = direct_schedule(net, num_steps, num_latents=16, iters=100)
+    assert held_out_rms(net, direct.sigmas, 'euler') <= held_out_rms(net, closed.sigmas, 'euler')
