@@ -85,11 +85,16 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
     try:
         dist.print0(f'Run directory: {run_dir}')
         paths = train_schedules(net, run_dir, options['steps'], options['method'], options, options['rl'],
-                                options['snap'], device, closed_form_options=dict(num_samples=options['cf_samples']))
+                                options['snap'], device, method_options=method_options(options))
         dist.print0('Done: ' + ', '.join(paths))
     finally:
         if logger is not None:
             logger.close()
+
+
+def method_options(options: dict) -> dict:
+    """Options of the non-RL schedule methods from the run's options."""
+    return dict(num_samples=options['cf_samples']) if options['method'] == 'closed-form' else {}
 
 
 def resume_options(run_dir: str, given: dict, network: Optional[str]) -> tuple:

@@ -3,8 +3,10 @@
     python -m art.bench --network=analytic:gauss1d --steps=2,5,10,20,50,100 --schedules=uniform,edm,closed-form --metric=w2
     python -m art.bench --network=analytic:gmm:mix.npz --steps=5,10 --schedules=edm,closed-form,run/schedule-k10.json
 
-Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), `closed-form` (the training-free ART optimum,
-computed once per run and read off its clock for every K) or schedule files (resampled to other K, with a note).
+Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), schedule methods made on the fly for each K
+(`closed-form`: the training-free ART optimum, estimated once and read off its clock; `direct`: LD3-style grid
+optimisation; `gits`: GITS-style dynamic programming; these use seeds of their own, disjoint from the benchmark's),
+or schedule files (resampled to other K, with a note).
 Metrics: `w2`, exact for Gaussian models; `rms`, the root-mean-square endpoint error against the reference solution
 of the same latents (exact for analytic models, a high-NFE Heun solve for pickles); `fid`, FID of `--num` images
 per seed set against `--ref` statistics (images quantised exactly as the PNGs of generate would be). With
@@ -22,7 +24,7 @@ import torch
 
 import dnnlib
 from art import metrics
-from art.closed_form import closed_form_schedule
+from art.methods import METHODS, ScheduleMaker
 from art.networks import load_network
 from art.schedules import Schedule, baseline_schedule, load_schedule
 from edm import grids
@@ -35,15 +37,19 @@ from edm.sampler import nfe, sample
 
 
 class ScheduleSource:
-    """One column of the benchmark: a baseline name, 'closed-form' or a schedule file, resolved per K."""
+    """One column of the benchmark: a baseline name, a schedule method (closed-form, direct, gits) or a schedule
+    file, resolved per K."""
 
-    def __init__(self, spec: str, net: torch.nn.Module, network: str, closed_form_options: Optional[dict] = None):
-        self.spec, self.net, self.network = spec, net, network
-        self.closed_form_options = closed_form_options or {}
-        self._closed_form: Optional[Schedule] = None
-        if spec not in grids.DISCRETIZATIONS and spec != 'closed-form' and not os.path.isfile(spec):
+    def __init__(self, spec: str, net: torch.nn.Module, network: str, solver: str,
+                 method_options: Optional[Dict[str, dict]] = None):
+        self.spec = spec
+        self.net = net
+        self.maker = None
+        if spec in METHODS:
+            self.maker = ScheduleMaker(spec, net, network, solver, (method_options or {}).get(spec))
+        elif spec not in grids.DISCRETIZATIONS and not os.path.isfile(spec):
             raise UserError(f'--schedules: {spec!r} is neither a baseline ({", ".join(grids.DISCRETIZATIONS)}), '
-                            f'closed-form, nor an existing schedule file')
+                            f'a method ({", ".join(METHODS)}), nor an existing schedule file')
 
     @property
     def label(self) -> str:
@@ -54,11 +60,8 @@ class ScheduleSource:
         """The grid of this source for K = num_steps."""
         if self.spec in grids.DISCRETIZATIONS:
             return baseline_schedule(self.spec, num_steps, net=self.net)
-        if self.spec == 'closed-form':
-            if self._closed_form is None:
-                self._closed_form = closed_form_schedule(self.net, num_steps, network=self.network,
-                                                         **self.closed_form_options)
-            return self._closed_form.resample(num_steps)
+        if self.maker is not None:
+            return self.maker(num_steps)
         return load_schedule(self.spec, num_steps=num_steps, resample=True)
 
 
@@ -93,11 +96,11 @@ class SeedSet:
 
 
 def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[str], solver: str,
-              metric: str, num: int, seed: int, device: torch.device, closed_form_options: Optional[dict] = None,
+              metric: str, num: int, seed: int, device: torch.device, method_options: Optional[Dict[str, dict]] = None,
               repeats: int = 1, fid_options: Optional[dict] = None) -> List[Dict]:
     """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value,
     spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each."""
-    columns = [ScheduleSource(spec, net, network, closed_form_options) for spec in sources]
+    columns = [ScheduleSource(spec, net, network, solver, method_options) for spec in sources]
     seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
     if metric == 'fid':
         fid_options = dict(fid_options or {})
@@ -143,7 +146,8 @@ def format_table(rows: List[Dict]) -> str:
 @click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', required=True)
 @click.option('--steps', help='Step counts K (e.g. 2,5,10)', metavar='LIST', default='2,5,10', show_default=True,
               callback=int_list_callback(1, 'steps'))
-@click.option('--schedules', help='Comma-separated baselines, closed-form, or schedule files', metavar='LIST',
+@click.option('--schedules', help='Comma-separated baselines, methods (closed-form, direct, gits) or schedule files',
+              metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
 @click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
@@ -175,7 +179,7 @@ def main(network: str, steps: List[int], schedules: str, solver: str, metric: st
     if metric == 'fid' and not ref:
         raise UserError('--metric=fid needs --ref (reference statistics made with fid.py ref)')
     rows = run_bench(network, net, steps, sources, solver, metric, num, seed, device,
-                     closed_form_options=dict(num_samples=cf_samples), repeats=repeats,
+                     method_options={'closed-form': dict(num_samples=cf_samples)}, repeats=repeats,
                      fid_options=dict(ref=ref, detector=detector, batch=batch))
     print(format_table(rows))
     if out:

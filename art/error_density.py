@@ -25,7 +25,7 @@ Tensor = torch.Tensor
 def _sigma_vector(sigma, x: Tensor) -> Tensor:
     """Per-sample noise levels as a float64 [B] tensor."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).detach().reshape(-1)
-    return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+    return sigma.expand(x.shape[0]).clone() if sigma.numel() == 1 else sigma   # own memory: JVP writes into it
 
 
 def _field_fn(net, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor],

@@ -67,9 +67,13 @@ eq. 6, written with the progress psi as the independent variable (this clock: si
   q varies by ~35% between trajectories).  `precondition`: divided by the expected step cost
   exp(log_std**2/2)(qbar_k mu_k + gamma'/mu_k) dpsi, so each psi moves at a rate ~ tanh(log(mu/mu*)).
 * Budget.  Exact renormalisation of the mean (art-method.md §8 item 3's alternative): log mu_k = a_k + log(sum_j dpsi
-  exp(-a_j) / U), so sum_k dpsi/mu_k = U (the common mode of a is a gauge, and the gradient passes through the
-  normalisation); gamma' = C/B on each batch (`gamma_update='ratio'`), the value at which the Lagrangian is stationary
-  along the common mode (d/dc [C + gamma' B] = 0 for theta -> c theta).  The stats report gamma = gamma' and
+  exp(-a_j) / U), so sum_k dpsi/mu_k = U; gamma' = C/B on each batch (`gamma_update='ratio'`, batch means over all
+  ranks), the value at which the Lagrangian is stationary along the common mode (d/dc [C + gamma' B] = 0 for
+  theta -> c theta), so the true gradient has zero sum over psi.  The common mode of a is a gauge: the shift carries
+  no gradient and the (preconditioned) ascent coefficients are centred over the psi-grid.  Fixed points: all
+  coefficients equal, i.e. mu_k = kappa sqrt(gamma'/q_k); then C/B = kappa**2 gamma', so kappa = 1: the optimum.
+  (Differentiating through the shift instead lets the preconditioned, non-zero-sum coefficients drain the head of
+  the grid early on: measured, mu(0) fell to 0.2 before recovering.)  The stats report gamma = gamma' and
   psi_T_mean = E[time spent]/U (= exp(log_std**2/2) for the mean-normalised policy).
 * Distillation.  Mean over the last `distill_size` trajectories of the normalised time increments dpsi/mu_k: the
   clock u(psi_k) = t_k/U, sigma_k = Phi(U - psi_k); the K-step grid is read off at u = i/K (art.schedules.Clock).
@@ -229,9 +233,13 @@ class ARTConfig:
 
 PRESETS: dict[str, dict] = {
     'paper': {},
-    # Image-shaped models (T = 80): EDM's clock, positive mean, variance reduction, several trajectories.
-    # EXPERIMENTAL: on a 64-dim mixture this still collapses the mean below the budget (see the report); not validated.
-    'images': dict(rho=7.0, mean_param='exp', variance_reduction=True, precondition=True, gamma_newton=True, gamma_init=None, lr=1e-3, gamma_lr=0.01, batch=8, iters=2000),
+    # Image-shaped models (T = 80): the progress domain (module docstring) on a fine psi-grid of 64 steps in EDM's
+    # rho = 7 clock, log-normal exploration, expected-reward baseline, exact budget; `steps` is the deployed K.
+    'images': dict(domain='progress', rho=7.0, mean_param='exp', train_steps=64, log_std=0.3, baseline='expected',
+                   gamma_update='ratio', precondition=True, lr=3e-3, batch=16, distill_size=160, iters=400),
+    # The previous image preset (time domain, eqs. 22a/22b with variance reduction); not validated on images.
+    'images-time': dict(rho=7.0, mean_param='exp', variance_reduction=True, precondition=True, gamma_newton=True,
+                        gamma_init=None, lr=1e-3, gamma_lr=0.01, batch=8, iters=2000),
 }
 
 
@@ -636,7 +644,7 @@ class ARTLearner:
                 advantage = reward + growth * (q * mu + gamma / mu) * dpsi
             coef = z / s * advantage                                             # d log pi / d a = z / s
             if cfg.precondition:                                                 # relative: / expected cost of the step
-                coef = coef / (growth * (q.mean(0) * mu + gamma / mu) * dpsi)
+                coef = coef / (growth * (traj['qbar'] * mu + gamma / mu) * dpsi)
         critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
         coef = coef.mean(0)
         actor_loss = -((coef - coef.mean()) * log_mu).sum()                      # gauge-fixed policy gradient on log mu
@@ -652,9 +660,10 @@ class ARTLearner:
         """One iteration in the progress domain: rollout, budget multiplier, critic and actor (Adam)."""
         cfg, U = self.cfg, self.clock.U
         traj = self.rollout_progress(self.iteration, self.rank * cfg.batch, cfg.batch)
-        cb = torch.stack([traj['cost'].mean(), traj['t_T'].mean()])
-        cb = self.reduce(cb) if self.reduce is not None else cb
+        cb = torch.cat([traj['cost'].mean().reshape(1), traj['t_T'].mean().reshape(1), traj['q'].mean(0)])
+        cb = self.reduce(cb) if self.reduce is not None else cb                  # batch means over all ranks
         self.gamma = float(cb[0] / cb[1])                                        # d/dc [C + gamma B] = 0: C = gamma B
+        traj['qbar'] = cb[2:]
         if math.isnan(self.v_scale):
             self.v_scale = 2 * self.gamma * U                                    # |C + gamma B| at the budget
         critic_loss, actor_loss, stats = self.losses_progress(traj)

@@ -23,7 +23,7 @@ import tqdm
 import dnnlib
 
 from art.analytic import GaussianModel
-from art.closed_form import closed_form_schedule
+from art.methods import METHODS as MAKER_METHODS, ScheduleMaker
 from art.metrics import exact_w2
 from art.rl import ARTConfig, ARTDivergence, ARTLearner
 from art.plots import plot_schedules
@@ -31,7 +31,7 @@ from art.schedules import Clock, Schedule, baseline_schedule, code_version, load
 from edm.errors import UserError
 from torch_utils import distributed as dist
 
-METHODS = ('art-rl', 'closed-form')
+METHODS = ('art-rl',) + MAKER_METHODS
 
 
 def next_run_dir(outdir: str, desc: str) -> str:
@@ -138,13 +138,14 @@ def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: di
 
 
 def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method: str, options: dict,
-                    rl_overrides: Dict, snap: int, device: torch.device, closed_form_options: Optional[dict] = None,
+                    rl_overrides: Dict, snap: int, device: torch.device, method_options: Optional[dict] = None,
                     progress: bool = True) -> List[str]:
     """Learn one schedule per K into run_dir (skipping K whose schedule file exists); returns the files.
 
-    The closed form is K-independent (a clock, art-method.md section 1.4): it is estimated once and read off at each K.
+    method_options go to the maker of a non-RL method (art/methods.py), e.g. num_samples for the closed form.
     """
-    paths, closed_form = [], None
+    paths = []
+    maker = None if method == 'art-rl' else ScheduleMaker(method, net, options['network'], 'euler', method_options)
     if dist.get_rank() == 0:                       # temporary files of writes interrupted by a kill
         for stale in glob.glob(os.path.join(run_dir, '.*.tmp')):
             os.remove(stale)
@@ -154,10 +155,8 @@ def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method
         if os.path.exists(path):
             dist.print0(f'K={num_steps}: {path} exists, skipping')
             continue
-        if method == 'closed-form':
-            closed_form = closed_form or closed_form_schedule(net, num_steps, network=options['network'],
-                                                              **(closed_form_options or {}))
-            schedule = closed_form.resample(num_steps)
+        if maker is not None:
+            schedule = maker(num_steps)
         else:
             cfg = ARTConfig(**dict(rl_overrides, steps=num_steps))
             schedule = train_art_rl(net, cfg, run_dir, options, snap, device, progress)

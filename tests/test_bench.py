@@ -21,7 +21,7 @@ CLOSED_FORM = [.349, .149, .077, .039, .016, .008]
 def test_gauss1d_w2_reproduces_paper_rows():
     net = load_analytic('analytic:gauss1d')
     rows = run_bench('analytic:gauss1d', net, STEPS, ['uniform', 'edm', 'closed-form'], 'euler', 'w2', 1, 0,
-                     torch.device('cpu'), closed_form_options=dict(num_samples=16))
+                     torch.device('cpu'), method_options={'closed-form': dict(num_samples=16)})
     table = {(r['schedule'], r['steps']): r['value'] for r in rows}
     for k, uniform, edm, closed in zip(STEPS, PAPER_UNIFORM, PAPER_EDM, CLOSED_FORM):
         assert round(table[('uniform', k)], 3) == uniform
@@ -37,7 +37,7 @@ def test_rms_on_gmm_ranks_schedules_and_reads_files(tmp_path):
     # A schedule file for K=4 is resampled to K=5; at K=4 it must give exactly its own grid's error.
     save_schedule(Schedule('test', [80.0, 10.0, 1.0, 0.1, 0.0]), tmp_path / 's.json')
     rows = run_bench(spec, net, [4, 5], ['edm', 'closed-form', str(tmp_path / 's.json')], 'euler', 'rms', 32, 0,
-                     torch.device('cpu'), closed_form_options=dict(num_samples=32, fine_steps=128))
+                     torch.device('cpu'), method_options={'closed-form': dict(num_samples=32, fine_steps=128)})
     table = {(r['schedule'], r['steps']): r for r in rows}
     assert table[('s.json', 4)]['sigmas'] == [80.0, 10.0, 1.0, 0.1, 0.0]
     assert len(table[('s.json', 5)]['sigmas']) == 6

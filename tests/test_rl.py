@@ -91,24 +91,45 @@ def test_snapshot_of_other_configuration_is_refused(gauss1d):
     ARTLearner(gauss1d, ARTConfig(steps=3, iters=7)).load_state_dict(state)       # the run length may change
 
 
-def test_two_ranks_equal_one_process_with_twice_the_batch(gauss1d):
+@pytest.mark.parametrize('form', ['paper', 'progress'])
+def test_two_ranks_equal_one_process_with_twice_the_batch(gauss1d, form):
     """Ranks average gradients, gamma increment and statistics through the hook: 2 x b equals 1 x 2b."""
     cfg = dict(FAST, steps=3, batch=2)
+    if form == 'progress':
+        cfg.update({k: v for k, v in PRESETS['images'].items() if k != 'iters'}, train_steps=5, batch=2)
     single = train(gauss1d, 2, **dict(cfg, batch=4))
     ranks = [ARTLearner(gauss1d, ARTConfig(**cfg), rank=r) for r in (0, 1)]
+    class Hook:
+        """An all-reduce: calls already agreed return the average; the first new call is recorded (probing)."""
+        def __init__(self, known):
+            self.known, self.calls, self.new = known, 0, None
+
+        def __call__(self, v):
+            self.calls += 1
+            if self.calls <= len(self.known):
+                return self.known[self.calls - 1]
+            self.new = v if self.new is None else self.new
+            return v
+
     for _ in range(2):
-        vectors = []
-        for learner in ranks:                    # what each rank would contribute to the all-reduce
-            probe = copy.deepcopy(learner)
-            probe.reduce = lambda v: vectors.append(v) or v
-            probe.step()
+        known = []                               # the averages of one step's reduce calls, found call by call
+        while True:                              # (a later call may depend on an earlier average)
+            new = []
+            for learner in ranks:
+                probe = copy.deepcopy(learner)
+                probe.reduce = Hook(known)
+                probe.step()
+                new.append(probe.reduce.new)
+            if new[0] is None:
+                break
+            known.append((new[0] + new[1]) / 2)
         for learner in ranks:
-            learner.reduce = lambda v: (vectors[0] + vectors[1]) / 2
+            learner.reduce = Hook(known)
             learner.step()
     for learner in ranks:
         assert learner.gamma == pytest.approx(single.gamma, rel=1e-12)
-        for p, q in zip(single.actor.parameters(), learner.actor.parameters()):
-            assert torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+        for p, q in zip(single.actor.parameters(), learner.actor.parameters()):   # (progress: the actor's output
+            assert torch.allclose(p, q, rtol=1e-9, atol=1e-12 if form == 'paper' else 1e-8)  # bias is a gauge, ~1e-10)
 
 
 class NaNNet(torch.nn.Module):
@@ -182,3 +203,47 @@ def test_invalid_critic_driven_options_are_refused():
                 dict(costate_source='oracle'), dict(gamma_update='solve'), dict(deploy_steps=0)):
         with pytest.raises(ValueError):
             ARTConfig(**bad)
+
+
+# ---- the progress domain ('images' preset; art/rl.py module docstring) -------------------------------------------
+
+def test_progress_domain_learns_a_schedule_that_beats_edm(tmp_path):
+    """On a small image-shaped mixture, 100 iterations of the 'images' preset (fine psi-grid, deployed K = 5) give a
+    schedule whose Euler endpoint error is clearly below EDM rho=7's (closed form: 0.65 x EDM; measured 0.70-0.72)."""
+    from art.analytic import write_random_gmm
+    from art.metrics import reference_endpoints, rms_error
+    from edm.grids import edm_sigmas
+    from edm.sampler import sample
+    torch.set_num_threads(1)
+    write_random_gmm(tmp_path / 'gmm.npz', k=8, shape=(1, 4, 4), seed=0)
+    net = load_analytic(f'analytic:gmm:{tmp_path / "gmm.npz"}')
+    cfg = ARTConfig(**dict(PRESETS['images'], steps=5, train_steps=32, batch=8, distill_size=80, iters=100))
+    learner = ARTLearner(net, cfg)
+    for _ in range(cfg.iters):
+        learner.step()
+    sched = learner.distill()
+    sigmas = np.array(sched['sigmas'])
+    assert len(sigmas) == 6 and sigmas[0] == 80.0 and sigmas[-1] == 0.0 and (np.diff(sigmas) < 0).all()
+    assert learner.gamma > 0 and 'progress' in cfg.to_dict()['form'] and cfg.to_dict()['train_grid'] == 32
+    latents = torch.randn(128, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = reference_endpoints(net, latents, 80.0)
+    rms = lambda s: rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
+    assert rms(sigmas) < 0.85 * rms(edm_sigmas(5, 0.002, 80.0, 7.0))
+
+
+def test_progress_domain_resumes_exactly_and_refuses_bad_options(gauss1d, tmp_path):
+    cfg = {k: v for k, v in dict(PRESETS['images'], steps=2, train_steps=6, batch=2, distill_size=5).items()
+           if k != 'iters'}
+    a, b = train(gauss1d, 4, **cfg), train(gauss1d, 2, **cfg)
+    torch.save(b.state_dict(), tmp_path / 'snap.pt')
+    c = ARTLearner(gauss1d, ARTConfig(**{**FAST, **cfg}))
+    c.load_state_dict(torch.load(tmp_path / 'snap.pt'))
+    for _ in range(2):
+        c.step()
+    assert c.distill() == a.distill() and c.gamma == a.gamma and len(a.distill()['sigmas']) == 3
+    for bad in (dict(domain='space'), dict(baseline='oracle'), dict(gamma_update='sa'), dict(mean_param='linear'),
+                dict(train_steps=6, deploy_steps=2), dict(log_std=0.0)):
+        with pytest.raises(ValueError):
+            ARTConfig(**{**PRESETS['images'], **bad})
+    with pytest.raises(ValueError):
+        ARTConfig(gamma_update='ratio')

@@ -1,0 +1,38 @@
+"""The schedule methods by name, for any K: the training-free ART optimum and the peer baselines.
+
+`closed-form` (training-free ART, art/closed_form.py), `direct` (LD3-style direct optimisation of the grid,
+art/direct.py) and `gits` (GITS-style dynamic programming over a teacher grid, art/gits.py). ART-RL, which needs a
+run directory and snapshots, lives in art/train.py.
+"""
+
+from typing import Optional
+
+import torch
+
+from art.closed_form import closed_form_schedule
+from art.direct import direct_schedule
+from art.gits import gits_schedule
+from art.schedules import Schedule
+
+METHODS = ('closed-form', 'direct', 'gits')
+
+
+class ScheduleMaker:
+    """Makes one method's schedule for any K; the closed form's clock does not depend on K and is estimated once."""
+
+    def __init__(self, method: str, net: torch.nn.Module, network: Optional[str], solver: str = 'euler',
+                 options: Optional[dict] = None):
+        if method not in METHODS:
+            raise ValueError(f'unknown schedule method {method!r}; expected one of {", ".join(METHODS)}')
+        self.method, self.net, self.network, self.solver = method, net, network, solver
+        self.options = dict(options or {})
+        self._closed_form: Optional[Schedule] = None
+
+    def __call__(self, num_steps: int) -> Schedule:
+        """The schedule for K = num_steps."""
+        if self.method == 'closed-form':
+            if self._closed_form is None:
+                self._closed_form = closed_form_schedule(self.net, num_steps, network=self.network, **self.options)
+            return self._closed_form.resample(num_steps)
+        make = direct_schedule if self.method == 'direct' else gits_schedule
+        return make(self.net, num_steps, network=self.network, solver=self.solver, **self.options)
