@@ -124,6 +124,7 @@ def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources:
             rows.append(dict(schedule=column.label, steps=int(num_steps), solver=solver, nfe=nfe(num_steps, solver),
                              metric=metric, value=float(np.mean(values)), spread=float(np.std(values)),
                              values=[float(v) for v in values], sigmas=schedule.sigmas.tolist(),
+                             cost=schedule.provenance.get('cost'),
                              seconds=round(time.perf_counter() - start, 3)))
     return rows
 

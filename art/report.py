@@ -1,0 +1,120 @@
+"""The benchmark report: every schedule method side by side, as a Markdown table and a plot per setting.
+
+    python -m art.report --outdir=docs/bench [--art-rl=RUN_DIR] [--num=256] [--fid-num=0]
+
+Settings: an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE solution, Euler,
+K = 3, 5, 10, 20) and the embedded default network (rms, Euler and Heun, K = 3, 5, 10, 18; and FID with the offline
+detector when `--fid-num` > 0). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl when a run
+directory with `schedule-k<K>.json` files is given. Each method's cost (network evaluations, CPU seconds) comes from
+the provenance of its schedules. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
+"""
+
+import json
+import os
+import platform
+from typing import Dict, List, Optional
+
+import click
+import torch
+
+import dnnlib
+from art.analytic import load_analytic, write_random_gmm
+from art.bench import format_table, run_bench
+from art.methods import METHODS
+from art.networks import DEFAULT_NETWORK
+from art.plots import plot_metric_vs_nfe
+from art.schedules import code_version
+from edm.errors import Command, UserError
+
+BASELINES = ['edm', 'uniform', 'logsnr']
+
+
+def method_costs(rows: List[Dict]) -> Dict[str, dict]:
+    """Cost of making each method's schedules from their provenance: summed over K, the closed form counted once."""
+    costs = {}
+    for row in rows:
+        cost = row.get('cost') or {}
+        if not cost:
+            continue
+        total = costs.setdefault(row['schedule'], dict(network_evals=0, cpu_seconds=0.0))
+        if row['schedule'] == 'closed-form' and total['network_evals']:
+            continue
+        total['network_evals'] += int(sum(v for k, v in cost.items() if k.endswith('_evals') and isinstance(v, (int, float))))
+        total['cpu_seconds'] = round(total['cpu_seconds'] + float(cost.get('cpu_seconds', 0.0)), 1)
+    return costs
+
+
+def art_rl_files(run_dir: Optional[str], steps: List[int]) -> List[str]:
+    """The art-rl schedule files of a run directory for the largest K present (others are resampled)."""
+    if not run_dir:
+        return []
+    files = [os.path.join(run_dir, f'schedule-k{k}.json') for k in steps]
+    found = [f for f in files if os.path.isfile(f)]
+    if not found:
+        raise UserError(f'--art-rl={run_dir}: no schedule-k<K>.json for K in {steps}')
+    return found[-1:]
+
+
+def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], solver: str, metric: str, num: int,
+            outdir: str, extra: List[str], fid_options: Optional[dict] = None) -> Dict:
+    """Run one benchmark setting; write its plot; return rows, costs and the table."""
+    sources = BASELINES + list(METHODS) + extra
+    rows = run_bench(network, net, steps, sources, solver, metric, num, 0, torch.device('cpu'),
+                     fid_options=fid_options)
+    for row in rows:
+        if row['schedule'] in [os.path.basename(e) for e in extra]:
+            row['schedule'] = 'art-rl'
+    name = f'{title}-{metric}-{solver}'.replace(' ', '_')
+    plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
+    return dict(title=title, name=name, solver=solver, metric=metric, rows=rows,
+                costs=method_costs(rows), table=format_table(rows))
+
+
+def write_report(outdir: str, results: List[Dict]) -> str:
+    """report.md: one section per setting with its table, plot and method costs."""
+    lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {code_version()} on '
+             f'{platform.processor() or platform.machine()} CPU, torch {torch.__version__}.', '']
+    for result in results:
+        lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['table'], '',
+                  f'![{result["name"]}]({result["name"]}.png)', '', '| method | cost: network evaluations | CPU s |',
+                  '|---|---|---|']
+        lines += [f'| {m} | {c["network_evals"]} | {c["cpu_seconds"]} |' for m, c in result['costs'].items()]
+        lines.append('')
+    text = '\n'.join(lines)
+    dnnlib.util.atomic_write(os.path.join(outdir, 'report.md'), lambda f: f.write(text.encode()))
+    rows = [dict(setting=r['name'], **row) for r in results for row in r['rows']]
+    dnnlib.util.atomic_write(os.path.join(outdir, 'rows.json'), lambda f: f.write(json.dumps(rows, indent=1).encode()))
+    return text
+
+
+@click.command(cls=Command)
+@click.option('--outdir', help='Where to write report.md, plots and rows.json', metavar='DIR', default='docs/bench',
+              show_default=True)
+@click.option('--art-rl', 'art_rl', help='Run directory of train_art.py with art-rl schedules for the mixture',
+              metavar='DIR', default=None)
+@click.option('--num', help='Latents per rms measurement', type=click.IntRange(min=2), default=256, show_default=True)
+@click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
+              type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--fid-ref', help='FID reference statistics for the default network', metavar='NPZ', default=None)
+def main(outdir: str, art_rl: Optional[str], num: int, fid_num: int, fid_ref: Optional[str]) -> None:
+    """Benchmark every schedule method and write the report."""
+    os.makedirs(outdir, exist_ok=True)
+    mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
+    if not os.path.exists(mixture):
+        write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
+    spec = f'analytic:gmm:{mixture}'
+    results = [setting('Gaussian mixture 1x8x8', spec, load_analytic(spec), [3, 5, 10, 20], 'euler', 'rms', num,
+                       outdir, art_rl_files(art_rl, [3, 5, 10, 20]))]
+    default = load_analytic(DEFAULT_NETWORK)
+    for solver in ('euler', 'heun'):
+        results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'rms', num, outdir, []))
+        if fid_num:
+            if not fid_ref:
+                raise UserError('--fid-num needs --fid-ref')
+            results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'fid', fid_num,
+                                   outdir, [], fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
+    print(write_report(outdir, results))
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
