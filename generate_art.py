@@ -7,7 +7,8 @@
 name (edm, uniform, logsnr, vp, ve, iddpm). Because `--schedule` names the step schedule here, upstream's ablation
 option for sigma(t) is called `--sigma-schedule`. Without `--network`, the embedded default network is used with
 its shipped ART schedule for `--steps` (resampled from the nearest shipped K). Without `--schedule` on another
-network this is exactly `python -m edm.generate`. Besides the per-seed PNGs, `grid.png` shows the first 64 images.
+network this is exactly `python -m edm.generate`. Besides the per-seed PNGs, `<outdir>-grid.png` shows the first 64
+images (beside the folder, which keeps only what fid.py should read).
 """
 
 import os
@@ -26,7 +27,7 @@ from edm.images import grid_from_files, image_path, save_png
 from edm.sampler import sample
 from torch_utils import distributed as dist
 
-GRID_IMAGES = 64   # images shown in grid.png
+GRID_IMAGES = 64   # images shown in the grid picture
 
 
 def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **grid_kwargs) -> Schedule:
@@ -38,6 +39,12 @@ def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **g
         note = schedule.provenance['resampled']
         dist.print0(f'Note: {spec} holds K={note["from_steps"]}; resampled to K={note["to_steps"]} ({note["rule"]}).')
     return schedule
+
+
+def grid_path(outdir: str) -> str:
+    """The grid picture beside the image folder (`out` -> `out-grid.png`), so that the folder holds only the per-seed
+    images that fid.py reads."""
+    return os.path.normpath(outdir) + '-grid.png'
 
 
 @click.command(cls=Command)
@@ -81,9 +88,8 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
     generate_images(net, outdir, seeds, sampler, class_idx=class_idx, max_batch_size=max_batch_size,
                     subdirs=subdirs, device=device)
     if dist.get_rank() == 0:
-        save_png(grid_from_files([image_path(outdir, seed, subdirs) for seed in seeds[:GRID_IMAGES]]),
-                 os.path.join(outdir, 'grid.png'))
-    dist.print0(f'Done: {len(seeds)} images and grid.png in "{outdir}".')
+        save_png(grid_from_files([image_path(outdir, seed, subdirs) for seed in seeds[:GRID_IMAGES]]), grid_path(outdir))
+    dist.print0(f'Done: {len(seeds)} images in "{outdir}", the first {min(len(seeds), GRID_IMAGES)} in "{grid_path(outdir)}".')
 
 
 if __name__ == '__main__':

@@ -24,11 +24,12 @@ import numpy as np
 import scipy.integrate
 import torch
 
+from edm import grids
 from edm.errors import UserError
 
 SigmaLike = Union[float, torch.Tensor]
 GAUSS1D_T = 3.0      # T = sigma_max of the paper's 1-D example.
-DEFAULT_SIGMA_MAX = 80.0
+DEFAULT_SIGMA_MAX = grids.EDM_SIGMA_MAX
 
 
 class AnalyticSpecError(UserError, ValueError):

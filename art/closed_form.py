@@ -31,8 +31,6 @@ from art.error_density import error_density, field, q_norm
 from art.schedules import Clock, Schedule, code_version
 from edm import grids
 
-DEFAULT_SIGMA_MAX = 80.0
-DEFAULT_SIGMA_MIN = 0.002
 QBAR_FLOOR = 1e-12       # relative floor on qbar, so that Lambda is strictly increasing
 
 
@@ -62,8 +60,8 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
     if fine_steps < 2 or num_samples < 1 or batch_size < 1:
         raise ValueError(f'need fine_steps >= 2, num_samples >= 1 and batch_size >= 1, got {fine_steps}, '
                          f'{num_samples}, {batch_size}')
-    sigma_max = min(DEFAULT_SIGMA_MAX, net.sigma_max) if sigma_max is None else float(sigma_max)
-    sigma_min = max(DEFAULT_SIGMA_MIN, net.sigma_min) if sigma_min is None else float(sigma_min)
+    sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
+    sigma_min = max(grids.EDM_SIGMA_MIN, net.sigma_min) if sigma_min is None else float(sigma_min)
     sigma = grids.edm_sigmas(fine_steps, sigma_min, sigma_max, rho)[:-1]
     sigma[0], sigma[-1] = sigma_max, sigma_min                      # exact ends ((T^(1/rho))^rho may miss T by 1 ulp)
     device = _device(net)

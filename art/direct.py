@@ -47,7 +47,6 @@ from edm.sampler import nfe
 
 RHO = 7.0
 TRAIN_SEED_BASE = 1_000_000      # training latents use seeds TRAIN_SEED_BASE + seed + i (benchmarks use 0..N-1)
-DEFAULT_SIGMA_MAX = 80.0
 INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
 
 
@@ -113,7 +112,7 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
         raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
     if num_latents < 1 or iters < 0 or not lr > 0:
         raise ValueError(f'need num_latents >= 1, iters >= 0 and lr > 0, got {num_latents}, {iters}, {lr}')
-    sigma_max = min(DEFAULT_SIGMA_MAX, net.sigma_max) if sigma_max is None else float(sigma_max)
+    sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
     device = net_device(net)
     batch_size = batch_size or num_latents
     cpu0, wall0 = time.process_time(), time.perf_counter()

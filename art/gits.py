@@ -30,8 +30,6 @@ from art.schedules import Schedule, clock_from_grid, code_version
 from edm import grids
 from edm.grids import check_choice
 
-DEFAULT_SIGMA_MAX = 80.0
-DEFAULT_SIGMA_MIN = 0.002
 
 
 def min_cost_path(cost: np.ndarray, num_steps: int) -> Tuple[list, float]:
@@ -56,7 +54,7 @@ def min_cost_path(cost: np.ndarray, num_steps: int) -> Tuple[list, float]:
 
 def teacher_grid(net: torch.nn.Module, fine_steps: int, sigma_max: Optional[float] = None) -> np.ndarray:
     """The fine teacher grid: EDM rho = 7, fine_steps levels in the network's range, then 0, starting at sigma_max."""
-    sigma_max = min(DEFAULT_SIGMA_MAX, net.sigma_max) if sigma_max is None else float(sigma_max)
+    sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
     sigmas = grids.make_sigmas('edm', fine_steps, sigma_max=sigma_max, net=net)
     sigmas[0] = sigma_max
     return sigmas

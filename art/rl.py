@@ -78,8 +78,23 @@ eq. 6, written with the progress psi as the independent variable (this clock: si
 * Distillation.  Mean over the last `distill_size` trajectories of the normalised time increments dpsi/mu_k: the
   clock u(psi_k) = t_k/U, sigma_k = Phi(U - psi_k); the K-step grid is read off at u = i/K (art.schedules.Clock).
 
-Measured (write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms endpoint error over 256 latents against
-DOP853; 'images' preset): see "Status of the progress domain" at the end of this docstring.
+Status of the progress domain (measured on write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms
+endpoint error over 256 latents against DOP853; EDM rho=7 (0.002..80): K=5 3.577, K=10 2.596; closed form: K=5 2.759,
+K=10 1.612).  'images' preset (16 trajectories per iteration on the 64-step psi-grid, ~0.42 s CPU per iteration on
+one core); one training serves every K, since the learned clock is K-free:
+* 700 iterations (the preset, 290 s CPU), seed 0: K=5 2.871 = 1.041 x closed form = 0.803 x EDM;
+  K=10 1.655 = 1.026 x closed form = 0.637 x EDM.  At 550/600/650 iterations K=10 reads 1.028/1.071/1.067 x closed
+  form, K=5 1.043/1.044/1.043: the K=10 rms is rough in the grid (a 3% move of two levels near sigma ~ 1-2, where
+  qbar has a bump, changes it by up to 10%).
+* 400 iterations (177 s CPU), seeds 0 / 1: K=5 2.879 / 2.886 = 1.043 / 1.046 x closed form (0.805 / 0.807 x EDM);
+  K=10 1.721 / 1.728 = 1.067 / 1.071 x closed form (0.663 / 0.666 x EDM).  train_steps=128: no better (K=10 1.074,
+  K=5 1.055 at 300 iterations) at twice the cost.
+So the learned schedule is 20% (K=5) and 34-36% (K=10) below EDM, within 5% of the closed form at K=5 and 3-7% at
+K=10; the closed form itself is only 22.9% below EDM at K=5 on this mixture.  The remaining gap is in the shape near the
+end: the learned levels 1.16, 0.52 against the closed form's 0.98, 0.40 at K=10 (finite training grid with the
+left-point q on a 64-step Euler flow, q held at sigma_floor in the clock; holding |Q| at sigma_floor but using the true
+dsigma/du instead, as art.closed_form does, measured worse: 1.15 x closed form at K=10, 1.08 at K=5).  The critic
+baseline alone (baseline='critic') learns far more slowly: rms 2.67 (1.66 x closed form) after 150 iterations.
 
 Critic-driven form (EXPERIMENTAL, not validated: see "Status" below).  Selected by any of noise='relative',
 actor_update in ('critic', 'improve'), critic_update='td+costate'; the paper's path above is unchanged otherwise.
@@ -131,6 +146,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edm import grids
 from art.error_density import error_density, q_norm
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # averages a flat float64 vector across processes
@@ -139,7 +155,7 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]  # averages a flat float64 vecto
 @dataclasses.dataclass
 class ARTConfig:
     """Every hyper-parameter of ART-RL; defaults are the paper's (P1 App. C), `PRESETS['images']` for image models."""
-    steps: int = 100                 # K: training grid t_k = k U / K (per-K training)
+    steps: int = 100                 # K: training grid t_k = k U / K (per-K training); the deployed K if train_steps
     lam: float = 0.1                 # lambda: policy variance lam / (|Q| v eps), eq. 11
     eps: float = 1e-6                # floor on |Q|
     lr: float = 1e-4                 # Adam learning rate, actor and critic
@@ -236,7 +252,7 @@ PRESETS: dict[str, dict] = {
     # Image-shaped models (T = 80): the progress domain (module docstring) on a fine psi-grid of 64 steps in EDM's
     # rho = 7 clock, log-normal exploration, expected-reward baseline, exact budget; `steps` is the deployed K.
     'images': dict(domain='progress', rho=7.0, mean_param='exp', train_steps=64, log_std=0.3, baseline='expected',
-                   gamma_update='ratio', precondition=True, lr=3e-3, batch=16, distill_size=160, iters=400),
+                   gamma_update='ratio', precondition=True, lr=3e-3, batch=16, distill_size=800, iters=700),
     # The previous image preset (time domain, eqs. 22a/22b with variance reduction); not validated on images.
     'images-time': dict(rho=7.0, mean_param='exp', variance_reduction=True, precondition=True, gamma_newton=True,
                         gamma_init=None, lr=1e-3, gamma_lr=0.01, batch=8, iters=2000),
@@ -291,7 +307,8 @@ class ARTLearner:
                  reduce: Optional[Reduce] = None):
         self.net, self.cfg, self.rank, self.device = net, cfg, rank, torch.device(device)
         self.reduce = reduce
-        self.clock = PowerClock(float(net.sigma_max), cfg.rho)
+        self.T = grids.horizon(net)                                              # T = 80 for EDM networks
+        self.clock = PowerClock(self.T, cfg.rho)
         self.grid_steps = cfg.train_steps or cfg.steps                           # the training grid
         self.dt = self.clock.U / self.grid_steps                                 # dt (time domain) or dpsi (progress)
         self.shape = (net.img_channels, net.img_resolution, net.img_resolution)
@@ -349,7 +366,7 @@ class ARTLearner:
         cfg, K, dt, dev = self.cfg, self.grid_steps, self.dt, self.device
         gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
         x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        x = x * float(self.net.sigma_max)                                        # x(0) ~ p_T
+        x = x * self.T                                        # x(0) ~ p_T
         labels = None
         if getattr(self.net, 'label_dim', 0):
             idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
@@ -568,7 +585,7 @@ class ARTLearner:
         theta = theta * self.clock.U / (theta.sum() * self.dt)
         psi = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(theta * self.dt, 0)])
         sigma = self.clock.sigma(psi)
-        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        sigma[0], sigma[-1] = self.T, 0.0
         u = np.linspace(0, 1, self.grid_steps + 1)
         sigmas = sigma.tolist()
         deploy = self.cfg.steps if self.cfg.train_steps else self.cfg.deploy_steps
@@ -587,7 +604,7 @@ class ARTLearner:
         cfg, M, dpsi, dev = self.cfg, self.grid_steps, self.dt, self.device
         gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
         x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        x = x * float(self.net.sigma_max)                                        # x(0) ~ p_T
+        x = x * self.T                                        # x(0) ~ p_T
         labels = None
         if getattr(self.net, 'label_dim', 0):
             idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
@@ -595,13 +612,13 @@ class ARTLearner:
         z = torch.stack([torch.randn(M, generator=g, dtype=torch.float64) for g in gens]).to(dev)
         psi = torch.arange(M + 1, dtype=torch.float64, device=dev) * dpsi
         sigma = self.clock.sigma(psi)
-        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        sigma[0], sigma[-1] = self.T, 0.0
         q_all = []
         for k in range(M):
             sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
             f, Q = error_density(self.net, x, sigma_eval, labels)
             speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
-            q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| v eps
+            q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| at max(sigma, sigma_floor)
             x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
         q = torch.stack(q_all, dim=1)                                            # [count, M]
         mu = self.progress_log_mean().exp().expand_as(q)
@@ -700,7 +717,7 @@ class ARTLearner:
         u[0], u[-1] = 0.0, 1.0
         psi = torch.arange(self.grid_steps + 1, dtype=torch.float64) * self.dt
         sigma = self.clock.sigma(psi)
-        sigma[0], sigma[-1] = float(self.net.sigma_max), 0.0
+        sigma[0], sigma[-1] = self.T, 0.0
         sigmas = Clock(u, sigma.numpy()).grid(self.cfg.steps).tolist()
         theta = (self.dt / (duration * self.dt)).tolist()                        # dpsi/dt on the psi-grid
         return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta)

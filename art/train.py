@@ -125,7 +125,7 @@ def train_art_rl(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, options: di
             if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
                 save_snapshot()
     out = learner.distill()
-    evals = cfg.iters * cfg.batch * cfg.steps * world
+    evals = cfg.iters * cfg.batch * (cfg.train_steps or cfg.steps) * world   # rollout levels
     provenance = dict(network=options['network'], solver='euler', num_steps_trained=cfg.steps,
                       iterations=cfg.iters, trajectories_per_iteration=cfg.batch * world, lam=cfg.lam, seed=cfg.seed,
                       processes=world, config=cfg.to_dict(), code_version=code_version(),

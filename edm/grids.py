@@ -15,6 +15,9 @@ DISCRETIZATIONS = ('edm', 'vp', 've', 'iddpm', 'uniform', 'logsnr')
 SCHEDULES = ('linear', 'vp', 've')
 SCALINGS = ('none', 'vp')
 
+EDM_SIGMA_MIN = 0.002   # EDM's default noise-level range (spec 2.5)
+EDM_SIGMA_MAX = 80.0
+
 VP_BETA_D = 19.9  # VP defaults of the ablation sampler (19.1 before upstream commit 62072d2, issue #5)
 VP_BETA_MIN = 0.1
 
@@ -207,10 +210,15 @@ def iddpm_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 81
     return np.append(kept[index.numpy()], 0.0)
 
 
+def horizon(net: Any) -> float:
+    """T, the noise level a schedule starts from: min(EDM_SIGMA_MAX, net.sigma_max) (EDMPrecond's sigma_max is inf)."""
+    return min(EDM_SIGMA_MAX, float(net.sigma_max))
+
+
 def default_sigma_range(disc: str, epsilon_s: float = 1e-3) -> tuple[float, float]:
     """The (sigma_min, sigma_max) a discretization uses when none is given (table of spec 2.6)."""
     check_choice('discretization', disc, DISCRETIZATIONS)
-    return {'vp': vp_default_range(epsilon_s), 've': (0.02, 100.0), 'iddpm': (0.002, 81.0)}.get(disc, (0.002, 80.0))
+    return {'vp': vp_default_range(epsilon_s), 've': (0.02, 100.0), 'iddpm': (0.002, 81.0)}.get(disc, (EDM_SIGMA_MIN, EDM_SIGMA_MAX))
 
 
 def sigma_range(disc: str, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None, net: Any = None,

@@ -21,8 +21,8 @@ def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
     out = _run([f'--network={tiny_pkl}', '--seeds=0-2', f'--schedule={tmp_path / "s.json"}', f'--outdir={tmp_path / "a"}'])
     assert out.returncode == 0, out.stderr
     assert 'K=3, solver euler' in out.stdout
-    assert sorted(os.listdir(tmp_path / 'a')) == ['000000.png', '000001.png', '000002.png', 'grid.png']
-    assert PIL.Image.open(tmp_path / 'a' / 'grid.png').size == (2 * 8, 2 * 8)     # 3 images of 8x8 on a 2x2 grid
+    assert sorted(os.listdir(tmp_path / 'a')) == ['000000.png', '000001.png', '000002.png']
+    assert PIL.Image.open(tmp_path / 'a-grid.png').size == (2 * 8, 2 * 8)     # 3 images of 8x8 on a 2x2 grid
     # The same file at another K is resampled with a note.
     out = _run([f'--network={tiny_pkl}', '--seeds=0', '--steps=5', f'--schedule={tmp_path / "s.json"}', f'--outdir={tmp_path / "b"}'])
     assert out.returncode == 0 and 'resampled to K=5' in out.stdout, out.stderr

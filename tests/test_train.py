@@ -107,7 +107,7 @@ def test_pickle_end_to_end_then_generate(tmp_path):
                           f'--outdir={tmp_path / "img"}', '--device=cpu'], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert gen.returncode == 0, gen.stderr
-    assert sorted(os.listdir(tmp_path / 'img')) == ['000000.png', '000001.png', 'grid.png']
+    assert sorted(os.listdir(tmp_path / 'img')) == ['000000.png', '000001.png']
 
 
 @pytest.mark.parametrize('args, pattern', [
