@@ -32,9 +32,11 @@ from torch_utils import distributed as dist
               show_default=True)
 @click.option('--steps', help='Step budget(s) K, e.g. 10 or 5,10,18', metavar='LIST', type=str, default='10',
               show_default=True, callback=int_list_callback(1, 'steps'))
-@click.option('--method', type=click.Choice(METHODS), default='art-rl', show_default=True)
+@click.option('--method', type=click.Choice(METHODS), default='art-rl', show_default=True,
+              help='art-rl (the paper), closed-form (training-free ART), direct (LD3-style), gits (GITS-style)')
 @click.option('--preset', type=click.Choice(sorted(PRESETS)), default='paper', show_default=True,
-              help='ART-RL settings: paper (P1 App. C) or images (the reformulation for image models)')
+              help='ART-RL settings: paper (P1 App. C), images (progress-domain reformulation for image models), '
+                   'images-time (the earlier, experimental time-domain one)')
 @click.option('--iters', help='ART-RL iterations  [default: preset]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch', help='Trajectories per process per iteration  [default: preset]', metavar='INT',
               type=click.IntRange(min=1))
@@ -58,7 +60,7 @@ from torch_utils import distributed as dist
 def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[int], method: str, preset: str,
          snap: int, cf_samples: int, resume: Optional[str], desc: Optional[str], device: torch.device,
          trust_pickle: bool, **rl_options) -> None:
-    """Learn ART timestep schedules (ART-RL or the training-free optimum) for a network."""
+    """Learn timestep schedules for a network: ART-RL, training-free ART, or a peer method."""
     dist.init()
     # ART-RL options given on the command line (named as ARTConfig fields) override the preset.
     given = {key: value for key, value in rl_options.items() if value is not None

@@ -524,15 +524,21 @@ class ARTLearner:
                 ref = abs(self.gamma)
             self.v_scale = max(ref, 1e-12) * self.clock.U
         critic_loss, actor_loss, stats = self.losses(traj)
-        self.opt_actor.zero_grad(set_to_none=False)
-        self.opt_critic.zero_grad(set_to_none=False)
-        (critic_loss + actor_loss).backward()
-        params = list(self.actor.parameters()) + list(self.critic.parameters())
         d_gamma = cfg.gamma_lr * (traj['psi_T'] - self.clock.U).mean()          # eq. 23
         if cfg.gamma_update == 'solve':
             d_gamma = cfg.gamma_lr * (torch.tensor(self._gamma_target, dtype=torch.float64) - self.gamma)
         elif cfg.gamma_newton:
             d_gamma = d_gamma / (self.dt / (2 * traj['q'].mean(0))).sum()        # / (-d psi(T) / d gamma)
+        return self.update(traj, critic_loss, actor_loss, stats, d_gamma)
+
+    def update(self, traj: dict, critic_loss: torch.Tensor, actor_loss: torch.Tensor, stats: dict,
+               d_gamma: torch.Tensor) -> dict:
+        """Gradients of both losses and the gamma increment, averaged over processes (`reduce`), then Adam steps
+        (eqs. 22a/22b), the gamma step (eq. 23) and the distillation record; returns the iteration's statistics."""
+        self.opt_actor.zero_grad(set_to_none=False)
+        self.opt_critic.zero_grad(set_to_none=False)
+        (critic_loss + actor_loss).backward()
+        params = list(self.actor.parameters()) + list(self.critic.parameters())
         flat = torch.cat([p.grad.reshape(-1) for p in params] + [d_gamma.reshape(1)] +
                          [v.reshape(1) for v in stats.values()]).to(torch.float64)
         if self.reduce is not None:
@@ -543,7 +549,7 @@ class ARTLearner:
         for p in params:
             p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
-        warm = self.iteration < cfg.actor_delay
+        warm = self.iteration < self.cfg.actor_delay
         if not warm:
             self.opt_actor.step()
         self.opt_critic.step()
@@ -684,30 +690,7 @@ class ARTLearner:
         if math.isnan(self.v_scale):
             self.v_scale = 2 * self.gamma * U                                    # |C + gamma B| at the budget
         critic_loss, actor_loss, stats = self.losses_progress(traj)
-        self.opt_actor.zero_grad(set_to_none=False)
-        self.opt_critic.zero_grad(set_to_none=False)
-        (critic_loss + actor_loss).backward()
-        params = list(self.actor.parameters()) + list(self.critic.parameters())
-        d_gamma = torch.zeros((), dtype=torch.float64)                           # gamma is set above (exact budget)
-        flat = torch.cat([p.grad.reshape(-1) for p in params] + [d_gamma.reshape(1)] +
-                         [v.reshape(1) for v in stats.values()]).to(torch.float64)
-        if self.reduce is not None:
-            flat = self.reduce(flat)
-        if not torch.isfinite(flat).all():
-            raise ARTDivergence(f'non-finite update at iteration {self.iteration}')
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
-        warm = self.iteration < cfg.actor_delay
-        if not warm:
-            self.opt_actor.step()
-        self.opt_critic.step()
-        self.record(traj)
-        self.iteration += 1
-        out = dict(zip(stats, flat[offset + 1:].tolist()))
-        out.update(iteration=self.iteration, gamma=self.gamma)
-        return out
+        return self.update(traj, critic_loss, actor_loss, stats, torch.zeros((), dtype=torch.float64))  # gamma: set above
 
     def distill_progress(self, duration: torch.Tensor) -> dict:
         """Clock of the progress domain: t(psi_k) = sum_{j<k} mean normalised dt_j; the K-step grid read off it."""
