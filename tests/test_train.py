@@ -97,7 +97,7 @@ def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
 
 def test_pickle_end_to_end_then_generate(tmp_path):
     pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3))
-    out = _train([f'--network={pkl}', '--steps=5', '--iters=3', '--batch=2', '--preset=images',
+    out = _train([f'--network={pkl}', '--steps=5', '--iters=1', '--batch=2', '--preset=images',
                   f'--outdir={tmp_path / "runs"}', '--device=cpu'])
     assert out.returncode == 0, out.stderr
     path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k5.json')
