@@ -360,18 +360,24 @@ class ARTLearner:
 
     # ---- rollout ----------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
-        """Roll out `count` trajectories (global indices first_index...) under the current policy with the frozen net."""
-        cfg, K, dt, dev = self.cfg, self.grid_steps, self.dt, self.device
-        gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
-        x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        x = x * self.T                                        # x(0) ~ p_T
+    def start(self, iteration: int, first_index: int, count: int) -> tuple:
+        """Initial states x(0) ~ p_T (= T N(0, I)), random class labels and the policy noise z of `count` trajectories,
+        each drawn from its own generator seeded by (seed, iteration, global index): draws follow seeds, not ranks."""
+        dev = self.device
+        gens = [trajectory_generator(self.cfg.seed, iteration, first_index + i) for i in range(count)]
+        x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev) * self.T
         labels = None
         if getattr(self.net, 'label_dim', 0):
             idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
             labels = torch.eye(self.net.label_dim, device=dev)[idx]
-        z = torch.stack([torch.randn(K, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        z = torch.stack([torch.randn(self.grid_steps, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        return x, labels, z
+
+    @torch.no_grad()
+    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
+        """Roll out `count` trajectories (global indices first_index...) under the current policy with the frozen net."""
+        cfg, K, dt, dev = self.cfg, self.grid_steps, self.dt, self.device
+        x, labels, z = self.start(iteration, first_index, count)
         psi = torch.zeros(count, dtype=torch.float64, device=dev)
         t_all, psi_all, theta_all, q_all, mu_all, lam_all = [], [], [], [], [], []
         for k in range(K):
@@ -608,14 +614,7 @@ class ARTLearner:
         """Roll out `count` trajectories on the uniform psi-grid psi_k = k dpsi: x follows the fine Euler flow (policy-
         free), theta_k = mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k."""
         cfg, M, dpsi, dev = self.cfg, self.grid_steps, self.dt, self.device
-        gens = [trajectory_generator(cfg.seed, iteration, first_index + i) for i in range(count)]
-        x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        x = x * self.T                                        # x(0) ~ p_T
-        labels = None
-        if getattr(self.net, 'label_dim', 0):
-            idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
-            labels = torch.eye(self.net.label_dim, device=dev)[idx]
-        z = torch.stack([torch.randn(M, generator=g, dtype=torch.float64) for g in gens]).to(dev)
+        x, labels, z = self.start(iteration, first_index, count)
         psi = torch.arange(M + 1, dtype=torch.float64, device=dev) * dpsi
         sigma = self.clock.sigma(psi)
         sigma[0], sigma[-1] = self.T, 0.0
