@@ -35,8 +35,7 @@ from torch_utils import distributed as dist
 @click.option('--method', type=click.Choice(METHODS), default='art-rl', show_default=True,
               help='art-rl (the paper), closed-form (training-free ART), direct (LD3-style), gits (GITS-style)')
 @click.option('--preset', type=click.Choice(sorted(PRESETS)), default='paper', show_default=True,
-              help='ART-RL settings: paper (P1 App. C), images (progress-domain reformulation for image models), '
-                   'images-time (the earlier, experimental time-domain one)')
+              help='ART-RL settings: paper (P1 App. C) or images (progress-domain reformulation for image models)')
 @click.option('--iters', help='ART-RL iterations  [default: preset]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch', help='Trajectories per process per iteration  [default: preset]', metavar='INT',
               type=click.IntRange(min=1))

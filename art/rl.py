@@ -96,41 +96,13 @@ left-point q on a 64-step Euler flow, q held at sigma_floor in the clock; holdin
 dsigma/du instead, as art.closed_form does, measured worse: 1.15 x closed form at K=10, 1.08 at K=5).  The critic
 baseline alone (baseline='critic') learns far more slowly: rms 2.67 (1.66 x closed form) after 150 iterations.
 
-Critic-driven form (EXPERIMENTAL, not validated: see "Status" below).  Selected by any of noise='relative',
-actor_update in ('critic', 'improve'), critic_update='td+costate'; the paper's path above is unchanged otherwise.
-* Exploration `noise='relative'`: variance lam_k/|Q_k| with lam_k = rel_std**2 |Q_k| mu_k**2 (std = rel_std mu), a
-  time-varying lambda; by Thm 3.1 the value shift becomes int lam dt (absorbed by the critic NN, so V = v_scale NN);
-  by Thm 3.2 the optimal mean is unchanged.  The TD error uses the expected reward -gamma mu - |Q| mu**2 - lam_k.
-* Pathwise costate (`critic_update='td+costate'`): p_k = dV/dpsi(t_k, psi_k) = -sum_{j>=k} theta_j (q_{j+1} - q_j),
-  the psi-derivative of eq. 16 along the flow (a psi shift moves the rest of the rollout along the flow; envelope
-  theorem at eq. 18); needs |Q| at the end point (one extra JVP per trajectory).  The critic minimises the TD loss of
-  eq. 22a plus costate_weight |dV/dpsi - p|**2 (a value-gradient, DHP-style moment condition), both normalised by
-  the critic output scale v_scale (set on the first batch).
-* Actor (`actor_update`): 'critic' ascends d/dmu [r_k + V(t_{k+1}, psi_k + mu dt)] = (V_psi - gamma - 2|Q| mu) dt,
-  whose zero is eq. 18 with V_x = 0 (time-only features); 'improve' regresses log mu on the log of the time-only
-  maximiser of eq. 18, (V_psi - gamma)/(2 qbar_k) (P2's optimal-mean form, as a policy-improvement step);
-  V_psi from the critic by autograd (`costate_source='critic'`) or the batch-mean pathwise costate ('pathwise').
-* `gamma_update='solve'`: gamma moves (step gamma_lr) towards the value at which the eq.-18 targets spend U.
-* `actor_delay`: critic-only iterations first (two-timescale warm-up).  `critic_lr`: the critic's own Adam rate.
-* `deploy_steps`: train on a fine clock grid (steps) and read the deployed K-step grid off the learned clock
-  (PCHIP of sigma^(1/7) at u = i/K, art.schedules.Clock), instead of per-K training.
-
-Status of the critic-driven form (measured on write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms
-endpoint error on 256 latents; EDM rho=7: K=5 3.577, K=10 2.596; closed form: K=5 2.759 (0.771 x EDM), K=10 1.612):
-* Per-K training cannot reach the closed form even with a perfect learner.  The exact optimum of the discrete
-  objective that ART-RL optimises on the K-step grid (sum_k |Q_k| theta_k**2 dt, |Q| at the left end of each step,
-  rho = 7 clock, 128 rollouts, Nelder-Mead over theta) has rms 3.78 at K=5 and 2.93 at K=10: WORSE than EDM.  The
-  left-point quadrature of a density spanning decades inside one coarse step is what the optimiser exploits.  Hence
-  `deploy_steps`: train on a fine grid (e.g. 32 steps), where the discrete optimum approaches the continuous one.
-* With a fine grid, none of the critic-driven variants tried (DPG or improvement actor, critic or pathwise costate,
-  gamma by eq. 23 or 'solve', lr 1e-4..1e-3, batch 16-32, up to 300 iterations) changed the SHAPE of the profile:
-  the mean moved as a whole (gamma swinging between -60 and -1) and the distilled rms stayed at EDM's level.  In the
-  rho = 7 clock q = |Q| (dsigma/du)**2 -> 0 at sigma -> 0, so theta(U) = -gamma/(2 q_U) is degenerate: gamma is near
-  0 and barely pins the level, while the one-step improvement map theta -> (p(theta) - gamma)/(2 q) preserves the
-  exponent of any power-law profile theta ~ q**(-a) (it only rescales it), so undamped policy iteration does not
-  move the shape towards q**(-1/2); it needs a slow, damped (gradient) actor and a budget handled outside gamma.
-* The GMM acceptance target (within 5% of the closed form AND >= 25% below EDM at K=5 and K=10) is NOT met; note
-  that on this mixture the closed form itself is only 22.9% below EDM at K=5.
+Why a fine training grid (measured on the same mixture).  Per-K training on the K-step grid cannot reach the closed
+form even with a perfect learner: the exact optimum of the discrete objective sum_k |Q_k| theta_k**2 dt (|Q| at the
+left end of each step, rho = 7 clock, 128 rollouts, Nelder-Mead over theta) has rms 3.78 at K=5 and 2.93 at K=10,
+WORSE than EDM; the left-point quadrature of a density spanning decades inside one coarse step is what the optimiser
+exploits.  On a fine grid the discrete optimum approaches the continuous one, and the grid of any K is read off the
+learned clock.  Critic-driven variants in the time domain (an eq.-18 actor from dV/dpsi, pathwise-costate critics,
+relative exploration noise) changed the level but not the shape of the profile in 300 iterations and were dropped.
 
 Randomness: every trajectory draws its initial noise, class label and policy noise from its own torch.Generator seeded
 from (seed, iteration, global trajectory index), so the learner's RNG state is (seed, iteration) and results depend on
@@ -148,6 +120,7 @@ from torch import nn
 
 from edm import grids
 from art.error_density import error_density, q_norm
+from art.schedules import Clock
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # averages a flat float64 vector across processes
 
@@ -161,8 +134,7 @@ class ARTConfig:
     lr: float = 1e-4                 # Adam learning rate, actor and critic
     betas: tuple[float, float] = (0.9, 0.999)
     gamma_lr: float = 1e-4           # step of the stochastic approximation eq. 23
-    gamma_init: Optional[float] = 0.0  # None: the gamma at which the myopic eq.-18 mean -gamma/(2|Q|) spends U (first batch)
-    gamma_newton: bool = False       # eq. 23 step divided by sum_k dt / (2 |Q_k|) = -d psi(T)/d gamma at eq. 18
+    gamma_init: float = 0.0          # gamma at iteration 0
     width: int = 128                 # 3-layer MLPs, Softplus
     iters: int = 5000                # N, recorded for provenance (the caller runs the loop)
     batch: int = 1                   # trajectories per process per iteration
@@ -174,17 +146,8 @@ class ARTConfig:
     distill: str = 'mean'            # 'mean': policy mean mu (Thm 3.2); 'executed': sampled theta (paper §5.1)
     distill_size: int = 1000         # trajectories kept for distillation (ring buffer)
     theta_floor: float = 1e-3        # distilled theta >= theta_floor * its mean, so the grid is strictly monotone
-    deploy_steps: Optional[int] = None  # K of the distilled grid, read off the learned clock; None: = steps
-    noise: str = 'paper'             # 'paper': var lam/|Q|; 'relative': var lam_k/|Q_k| with lam_k = rel_std^2 |Q_k| mu_k^2
-    rel_std: float = 0.1             # std(theta)/mu for noise='relative'
-    actor_update: str = 'likelihood'  # 'likelihood': eqs. 22b (+variance reduction); 'critic': DPG with dV/dpsi (eq. 18);
-                                     # 'improve': regress log mu on log of the eq.-18 maximiser (V_psi - gamma)/(2 qbar_k)
-    costate_source: str = 'critic'   # dV/dpsi for the actor: 'critic' (autograd) or 'pathwise' (batch costate, no critic)
-    gamma_update: str = 'sa'         # 'sa': eq. 23; 'solve': gamma moves (step gamma_lr) to where the eq.-18 targets spend U
-    critic_update: str = 'td'        # 'td': eq. 22a; 'td+costate': eq. 22a + regression of dV/dpsi on the costate
-    costate_weight: float = 1.0      # weight of the costate regression (relative to the TD term, both normalised)
-    critic_lr: Optional[float] = None  # Adam lr of the critic; None: = lr
-    actor_delay: int = 0             # iterations of critic-only learning (two-timescale warm-up; gamma also waits)
+    gamma_update: str = 'sa'         # 'sa': eq. 23; 'ratio': exact budget renormalisation (progress domain)
+    actor: str = 'mlp'               # 'mlp': mean from an MLP (paper); 'table': one log-mean per psi-grid step (progress)
     domain: str = 'time'             # 'time': the paper's rollout on a uniform t-grid; 'progress': uniform psi-grid (docstring)
     train_steps: Optional[int] = None  # fine training grid; the distilled grid then has `steps` (= deployed K) steps
     log_std: float = 0.3             # progress domain: theta = mu exp(log_std z), z ~ N(0, 1)
@@ -192,34 +155,22 @@ class ARTConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.noise not in ('paper', 'relative'):
-            raise ValueError(f"noise must be 'paper' or 'relative', not {self.noise!r}")
-        if self.actor_update not in ('likelihood', 'critic', 'improve'):
-            raise ValueError(f"actor_update must be 'likelihood' or 'critic', not {self.actor_update!r}")
-        if self.critic_update not in ('td', 'td+costate'):
-            raise ValueError(f"critic_update must be 'td' or 'td+costate', not {self.critic_update!r}")
-        if self.costate_source not in ('critic', 'pathwise'):
-            raise ValueError(f"costate_source must be 'critic' or 'pathwise', not {self.costate_source!r}")
-        if self.gamma_update not in ('sa', 'solve', 'ratio'):
-            raise ValueError(f"gamma_update must be 'sa', 'solve' or 'ratio', not {self.gamma_update!r}")
+        if self.gamma_update not in ('sa', 'ratio'):
+            raise ValueError(f"gamma_update must be 'sa' or 'ratio', not {self.gamma_update!r}")
+        if self.actor not in ('mlp', 'table'):
+            raise ValueError(f"actor must be 'mlp' or 'table', not {self.actor!r}")
         if self.domain not in ('time', 'progress'):
             raise ValueError(f"domain must be 'time' or 'progress', not {self.domain!r}")
         if self.baseline not in ('critic', 'expected'):
             raise ValueError(f"baseline must be 'critic' or 'expected', not {self.baseline!r}")
-        if self.domain == 'progress' and (self.mean_param != 'exp' or self.gamma_update != 'ratio' or
-                                          self.actor_update != 'likelihood' or self.critic_update != 'td'):
-            raise ValueError("domain='progress' needs mean_param='exp', actor_update='likelihood', critic_update='td' "
-                             "and gamma_update='ratio'")
-        if self.gamma_update == 'ratio' and self.domain != 'progress':
-            raise ValueError("gamma_update='ratio' is the progress domain's exact budget renormalisation")
-        if self.train_steps is not None and (self.train_steps < 1 or self.deploy_steps is not None):
-            raise ValueError('train_steps must be positive and excludes deploy_steps')
+        if self.domain == 'progress' and (self.mean_param != 'exp' or self.gamma_update != 'ratio'):
+            raise ValueError("domain='progress' needs mean_param='exp' and gamma_update='ratio'")
+        if self.domain != 'progress' and (self.gamma_update == 'ratio' or self.actor == 'table'):
+            raise ValueError("gamma_update='ratio' and actor='table' belong to the progress domain")
+        if self.train_steps is not None and self.train_steps < 1:
+            raise ValueError('train_steps must be positive')
         if not self.log_std > 0:
             raise ValueError('log_std must be positive')
-        if self.gamma_update == 'solve' and self.actor_update == 'likelihood':
-            raise ValueError("gamma_update='solve' needs actor_update='critic' or 'improve' (the eq.-18 targets)")
-        if self.deploy_steps is not None and self.deploy_steps < 1:
-            raise ValueError('deploy_steps must be positive')
         if self.mean_param not in ('linear', 'exp'):
             raise ValueError(f"mean_param must be 'linear' or 'exp', not {self.mean_param!r}")
         if self.distill not in ('mean', 'executed'):
@@ -232,19 +183,16 @@ class ARTConfig:
 
     def to_dict(self) -> dict:
         """Plain-JSON form for the schedule file's provenance."""
-        paper = self.actor_update == 'likelihood' and self.critic_update == 'td' and self.noise == 'paper'
         if self.domain == 'progress':
             form = ('progress domain (eqs. 9/14 in psi, budget int dpsi/theta = U): local Lagrangian gradient '
                     'q - gamma/theta**2 by likelihood ratio of log-normal exploration, baseline ' + self.baseline +
-                    ', budget by ' + ('exact renormalisation (gamma = C/B)' if self.gamma_update == 'ratio' else
-                                      'stochastic approximation of eq. 23 in log gamma'))
+                    ', budget by exact renormalisation (gamma = C/B), actor ' + self.actor)
+            features = ['psi/U'] if self.actor == 'mlp' else ['psi-grid index']
         else:
-            form = ('paper (eqs. 22a/22b/23)' if paper else
-                    'critic-driven (EXPERIMENTAL): eq.-18 actor from dV/dpsi, costate/TD critic (module docstring)')
-        return dict(dataclasses.asdict(self), betas=list(self.betas), algorithm='ART-RL',
-                    features=['t/U', 'psi/U'], clock=f'sigma = (U - psi)**{self.rho}, U = sigma_max**(1/rho)',
-                    form=form, train_grid=self.train_steps or self.steps,
-                    deployed_steps=self.steps if self.train_steps else (self.deploy_steps or self.steps))
+            form, features = 'paper (eqs. 22a/22b/23)', ['t/U', 'psi/U']
+        return dict(dataclasses.asdict(self), betas=list(self.betas), algorithm='ART-RL', features=features,
+                    clock=f'sigma = (U - psi)**{self.rho}, U = sigma_max**(1/rho)', form=form,
+                    train_grid=self.train_steps or self.steps, deployed_steps=self.steps)
 
 
 PRESETS: dict[str, dict] = {
@@ -253,9 +201,6 @@ PRESETS: dict[str, dict] = {
     # rho = 7 clock, log-normal exploration, expected-reward baseline, exact budget; `steps` is the deployed K.
     'images': dict(domain='progress', rho=7.0, mean_param='exp', train_steps=64, log_std=0.3, baseline='expected',
                    gamma_update='ratio', precondition=True, lr=3e-3, batch=16, distill_size=800, iters=700),
-    # The previous image preset (time domain, eqs. 22a/22b with variance reduction); not validated on images.
-    'images-time': dict(rho=7.0, mean_param='exp', variance_reduction=True, precondition=True, gamma_newton=True,
-                        gamma_init=None, lr=1e-3, gamma_lr=0.01, batch=8, iters=2000),
 }
 
 
@@ -294,6 +239,20 @@ def mlp(n_in: int, width: int, generator: torch.Generator) -> nn.Sequential:
     return net
 
 
+class Table(nn.Module):
+    """Tabular actor of the progress domain: one output a_k per psi-grid step, starting at 0 (mu = 1: EDM's grid)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(size, dtype=torch.float64))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """a on the whole psi-grid (feat holds the grid's psi/U, one row per step)."""
+        if feat.shape[0] != self.a.shape[0]:
+            raise ValueError(f'the table has {self.a.shape[0]} steps, asked for {feat.shape[0]}')
+        return self.a.unsqueeze(-1)
+
+
 def trajectory_generator(seed: int, iteration: int, index: int) -> torch.Generator:
     """Generator of one trajectory, seeded from (seed, iteration, global trajectory index)."""
     state = np.random.SeedSequence([seed, iteration, index]).generate_state(2, dtype=np.uint64)
@@ -313,25 +272,22 @@ class ARTLearner:
         self.dt = self.clock.U / self.grid_steps                                 # dt (time domain) or dpsi (progress)
         self.shape = (net.img_channels, net.img_resolution, net.img_resolution)
         init = torch.Generator().manual_seed(cfg.seed)
-        self.actor = mlp(1 if cfg.domain == 'progress' else 2, cfg.width, init).to(self.device)
+        if cfg.actor == 'table':
+            self.actor = Table(self.grid_steps).to(self.device)
+        else:
+            self.actor = mlp(1 if cfg.domain == 'progress' else 2, cfg.width, init).to(self.device)
         self.critic = mlp(2, cfg.width, init).to(self.device)
         if cfg.mean_param == 'linear':
             with torch.no_grad():
                 self.actor[-1].bias.fill_(1.0)
         self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, betas=cfg.betas)
-        critic_lr = cfg.lr if cfg.critic_lr is None else cfg.critic_lr
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, betas=cfg.betas)
-        self.gamma = float('nan') if cfg.gamma_init is None else float(cfg.gamma_init)
-        # output scale of the critic, V = v_scale NN + lam t; 1 for the paper's form, set on the first batch otherwise
-        self.v_scale = 1.0 if self._paper_form else float('nan')
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.gamma = float(cfg.gamma_init)
+        # output scale of the critic, V = v_scale NN (+ lam t); 1 in the time domain, set on the first batch in psi
+        self.v_scale = 1.0 if cfg.domain == 'time' else float('nan')
         self.iteration = 0
         self.buffer = torch.zeros(cfg.distill_size, self.grid_steps, dtype=torch.float64)
         self.buffer_count = 0
-
-    @property
-    def _paper_form(self) -> bool:
-        """True for the paper's updates (eqs. 22a/22b with optional variance reduction): the original code path."""
-        return self.cfg.actor_update == 'likelihood' and self.cfg.critic_update == 'td' and self.cfg.noise == 'paper'
 
     # ---- actor and critic -------------------------------------------------------------------------------------
 
@@ -345,18 +301,8 @@ class ARTLearner:
         return out.exp() if self.cfg.mean_param == 'exp' else out
 
     def value(self, feat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Critic V = v_scale NN + lam t (eq. 20, Thm 3.1; lam t is dropped for noise='relative', whose generalised
-        shift int lam_k dt the NN absorbs)."""
-        shift = self.cfg.lam * t if self.cfg.noise == 'paper' else 0.0 * t
-        return self.v_scale * self.critic(feat).squeeze(-1) + shift
-
-    def value_grad(self, t: torch.Tensor, psi: torch.Tensor, create_graph: bool) -> torch.Tensor:
-        """dV/dpsi of the critic at (t, psi) by autograd."""
-        with torch.enable_grad():
-            psi = psi.detach().requires_grad_(True)
-            V = self.value(self.features(t, psi), t)
-            (grad,) = torch.autograd.grad(V.sum(), psi, create_graph=create_graph)
-        return grad
+        """Critic V = NN + lam t (eq. 20, Thm 3.1)."""
+        return self.critic(feat).squeeze(-1) + self.cfg.lam * t
 
     # ---- rollout ----------------------------------------------------------------------------------------------
 
@@ -379,7 +325,7 @@ class ARTLearner:
         cfg, K, dt, dev = self.cfg, self.grid_steps, self.dt, self.device
         x, labels, z = self.start(iteration, first_index, count)
         psi = torch.zeros(count, dtype=torch.float64, device=dev)
-        t_all, psi_all, theta_all, q_all, mu_all, lam_all = [], [], [], [], [], []
+        t_all, psi_all, theta_all, q_all, mu_all = [], [], [], [], []
         for k in range(K):
             t = torch.full_like(psi, k * dt)
             sigma = self.clock.sigma(psi)
@@ -387,98 +333,22 @@ class ARTLearner:
             f, Q = error_density(self.net, x, sigma_eval, labels)
             q = (q_norm(Q).to(psi) * self.clock.speed2(sigma_eval)).clamp(min=cfg.eps)  # |Q_u| v eps
             mu = self.mean(self.features(t, psi))
-            if cfg.noise == 'paper':
-                theta = mu + (cfg.lam / q).sqrt() * z[:, k]                       # theta ~ N(mu, lam/|Q|), eq. 11
-                lam_k = torch.full_like(q, cfg.lam)
-            else:                                                                # lam_k = rel_std^2 |Q_k| mu_k^2
-                theta = mu + cfg.rel_std * mu.abs() * z[:, k]
-                lam_k = cfg.rel_std ** 2 * q * mu ** 2
-            for store, v in zip((t_all, psi_all, theta_all, q_all, mu_all, lam_all), (t, psi, theta, q, mu, lam_k)):
+            theta = mu + (cfg.lam / q).sqrt() * z[:, k]                           # theta ~ N(mu, lam/|Q|), eq. 11
+            for store, v in zip((t_all, psi_all, theta_all, q_all, mu_all), (t, psi, theta, q, mu)):
                 store.append(v)
             psi = psi + theta * dt                                               # eq. 4
             x = x + (self.clock.sigma(psi) - sigma).reshape(-1, *[1] * len(self.shape)) * f.to(x)
         traj = {name: torch.stack(v, dim=1) for name, v in
-                dict(t=t_all, psi=psi_all, theta=theta_all, q=q_all, mu=mu_all, lam=lam_all).items()}
+                dict(t=t_all, psi=psi_all, theta=theta_all, q=q_all, mu=mu_all).items()}
         traj['psi_T'] = psi
-        if cfg.critic_update == 'td+costate':                                     # |Q| at the end point, for the costate
-            sigma_eval = self.clock.sigma(psi).clamp(min=cfg.sigma_floor)
-            _, Q = error_density(self.net, x, sigma_eval, labels)
-            traj['q_T'] = (q_norm(Q).to(psi) * self.clock.speed2(sigma_eval)).clamp(min=cfg.eps)
         if not all(torch.isfinite(v).all() for v in traj.values()):
             raise ARTDivergence(f'non-finite rollout at iteration {iteration}')
         return traj
 
     # ---- updates ----------------------------------------------------------------------------------------------
 
-    def costate(self, traj: dict) -> torch.Tensor:
-        """Pathwise costate p_k = dV/dpsi at (t_k, psi_k): p_k = -sum_{j>=k} theta_j (q_{j+1} - q_j).
-
-        A shift of psi_k moves the rest of the trajectory along the flow, so each later reward -q_j theta_j^2 dt changes
-        by -theta_j^2 dt dq/dpsi, and dq/dpsi = (q_{j+1} - q_j)/(theta_j dt) on the rollout itself (envelope theorem:
-        the reaction of later controls is second order at eq. 18).  The psi-derivative of eq. 16 along the flow.
-        """
-        q_next = torch.cat([traj['q'][:, 1:], traj['q_T'][:, None]], dim=1)
-        inc = -traj['theta'] * (q_next - traj['q'])
-        return inc.flip(1).cumsum(1).flip(1)
-
-    def losses_costate(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Losses of the critic-driven form: TD (eq. 22a) [+ costate regression]; actor by dV/dpsi (eq. 18)."""
-        cfg, dt, U = self.cfg, self.dt, self.clock.U
-        t, psi, theta, q, lam_k = traj['t'], traj['psi'], traj['theta'], traj['q'], traj['lam']
-        feat = self.features(t, psi)
-        mu = self.mean(feat)
-        with torch.no_grad():
-            p_hat = self.costate(traj) if cfg.critic_update == 'td+costate' else None
-        V = self.value(feat, t)
-        V_T = torch.full_like(V[:, :1], (self.gamma + (cfg.lam if cfg.noise == 'paper' else 0.0)) * U)
-        V_next = torch.cat([V[:, 1:], V_T], dim=1).detach()
-        with torch.no_grad():
-            reward_mean = -(self.gamma * mu + q * mu ** 2 + lam_k)              # E_pi[reward], §3.1
-            delta = V_next - V.detach() + reward_mean * dt
-        critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
-        if p_hat is not None:
-            V_psi = self.value_grad(t, psi, create_graph=True)
-            critic_loss = critic_loss + cfg.costate_weight * ((V_psi - p_hat) ** 2).sum(1).mean() \
-                / (self.v_scale / U) ** 2
-        with torch.no_grad():
-            if cfg.actor_update in ('critic', 'improve'):                        # d/dmu [r_k + V(t_{k+1}, psi_k + mu dt)]
-                t_next, psi_mean = t + dt, psi + mu * dt
-                if cfg.costate_source == 'critic':
-                    V_psi_next = self.value_grad(t_next, psi_mean, create_graph=False)
-                else:
-                    p_all = p_hat if p_hat is not None else self.costate(traj)
-                    V_psi_next = torch.cat([p_all[:, 1:], torch.zeros_like(p_all[:, :1])], 1).mean(0, keepdim=True)
-                    V_psi_next = V_psi_next.expand_as(mu).clone()
-                V_psi_next[:, -1] = 0.0                                          # terminal value is flat in psi
-                coef = (V_psi_next - self.gamma - 2 * q * mu) * dt
-                a = V_psi_next.mean(0)                                           # time-only eq. 18: (a - gamma)/(2 qbar)
-                qbar = q.mean(0)
-                self._gamma_target = float(((a / (2 * qbar)).sum() * dt - U) / ((1 / (2 * qbar)).sum() * dt))
-                target = (a - self.gamma) / (2 * qbar)
-                target = target.clamp(min=cfg.theta_floor * float(target.clamp(min=0).mean().clamp(min=1e-12)))
-            else:
-                coef = q / lam_k * (theta - mu) * delta
-            if cfg.precondition:
-                dmu = mu if cfg.mean_param == 'exp' else torch.ones_like(mu)
-                coef = coef / (2 * q.mean(0, keepdim=True) * dt * dmu ** 2)
-        if cfg.actor_update == 'improve':                                        # policy improvement (P2 optimal-mean form)
-            actor_loss = ((mu.log() - target.log()[None]) ** 2).sum(1).mean() / 2
-        else:
-            actor_loss = -(coef * mu).sum(1).mean()
-        with torch.no_grad():
-            reward = -(self.gamma * theta + q * theta ** 2)
-            stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=(reward * dt).sum(1).mean(),
-                         psi_T_mean=traj['psi_T'].mean() / U, psi_T_std=traj['psi_T'].std(unbiased=False) / U,
-                         theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
-                         std_over_mu=((lam_k / q).sqrt() / mu.abs().clamp(min=1e-12)).mean(),
-                         mu_first=mu[:, 0].mean(), mu_last=mu[:, -1].mean(),
-                         costate_rms=(p_hat.pow(2).mean().sqrt() if p_hat is not None else torch.zeros(())))
-        return critic_loss, actor_loss, stats
-
     def losses(self, traj: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Surrogate losses whose gradients are minus the ascent directions of eqs. 22a/22b, per trajectory mean."""
-        if not self._paper_form:
-            return self.losses_costate(traj)
         cfg, dt, U = self.cfg, self.dt, self.clock.U
         t, psi, theta, q = traj['t'], traj['psi'], traj['theta'], traj['q']
         feat = self.features(t, psi)
@@ -519,22 +389,8 @@ class ARTLearner:
         if cfg.domain == 'progress':
             return self.step_progress()
         traj = self.rollout(self.iteration, self.rank * cfg.batch, cfg.batch)
-        if math.isnan(self.gamma):                                               # warm start of gamma
-            inv_q = (self.dt / traj['q'].mean(0)).sum().reshape(1).to(torch.float64)
-            self.gamma = -2 * self.clock.U / float(self.reduce(inv_q) if self.reduce else inv_q)
-        if math.isnan(self.v_scale):                                             # critic output scale, first batch
-            if cfg.critic_update == 'td+costate':
-                ms = self.costate(traj).pow(2).mean().reshape(1)
-                ref = float(self.reduce(ms) if self.reduce else ms) ** 0.5
-            else:
-                ref = abs(self.gamma)
-            self.v_scale = max(ref, 1e-12) * self.clock.U
         critic_loss, actor_loss, stats = self.losses(traj)
         d_gamma = cfg.gamma_lr * (traj['psi_T'] - self.clock.U).mean()          # eq. 23
-        if cfg.gamma_update == 'solve':
-            d_gamma = cfg.gamma_lr * (torch.tensor(self._gamma_target, dtype=torch.float64) - self.gamma)
-        elif cfg.gamma_newton:
-            d_gamma = d_gamma / (self.dt / (2 * traj['q'].mean(0))).sum()        # / (-d psi(T) / d gamma)
         return self.update(traj, critic_loss, actor_loss, stats, d_gamma)
 
     def update(self, traj: dict, critic_loss: torch.Tensor, actor_loss: torch.Tensor, stats: dict,
@@ -555,12 +411,9 @@ class ARTLearner:
         for p in params:
             p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
-        warm = self.iteration < self.cfg.actor_delay
-        if not warm:
-            self.opt_actor.step()
+        self.opt_actor.step()
         self.opt_critic.step()
-        if not warm:
-            self.gamma += float(flat[offset])
+        self.gamma += float(flat[offset])
         self.record(traj)
         self.iteration += 1
         out = dict(zip(stats, flat[offset + 1:].tolist()))
@@ -581,16 +434,18 @@ class ARTLearner:
 
     # ---- distillation -----------------------------------------------------------------------------------------
 
-    def distill(self) -> dict:
-        """Distilled schedule (§5): the K+1 sigma grid (descending, ending at 0) and its clock knots (u in [0,1])."""
+    def distill(self, num_steps: Optional[int] = None) -> dict:
+        """Distilled schedule (§5): the K+1 sigma grid (K = num_steps, default cfg.steps; descending, ending at 0) and
+        its clock knots (u in [0,1])."""
         n = min(self.buffer_count, self.cfg.distill_size)
         if n == 0:
             raise RuntimeError('nothing to distill: run step() first')
         mean = self.buffer[:n].mean(0)
         if self.reduce is not None:
             mean = self.reduce(mean.to(self.device)).cpu()
+        num_steps = num_steps or self.cfg.steps
         if self.cfg.domain == 'progress':
-            return self.distill_progress(mean)
+            return self.distill_progress(mean, num_steps)
         if not (mean > 0).any():
             raise ARTDivergence('the policy mean is not positive anywhere: no schedule to distill')
         theta = mean.clamp(min=self.cfg.theta_floor * float(mean.clamp(min=0).mean()))
@@ -600,11 +455,9 @@ class ARTLearner:
         sigma[0], sigma[-1] = self.T, 0.0
         u = np.linspace(0, 1, self.grid_steps + 1)
         sigmas = sigma.tolist()
-        deploy = self.cfg.steps if self.cfg.train_steps else self.cfg.deploy_steps
-        if deploy is not None and deploy != self.grid_steps:
+        if num_steps != self.grid_steps:
             # the grid of the deployed K read off the learned clock (PCHIP of sigma^(1/7) at u = i/K, art.schedules)
-            from art.schedules import Clock
-            sigmas = Clock(u, sigma.numpy()).grid(deploy).tolist()
+            sigmas = Clock(u, sigma.numpy()).grid(num_steps).tolist()
         return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta.tolist())
 
     # ---- progress domain (module docstring, "Progress domain") -----------------------------------------------
@@ -691,16 +544,15 @@ class ARTLearner:
         critic_loss, actor_loss, stats = self.losses_progress(traj)
         return self.update(traj, critic_loss, actor_loss, stats, torch.zeros((), dtype=torch.float64))  # gamma: set above
 
-    def distill_progress(self, duration: torch.Tensor) -> dict:
+    def distill_progress(self, duration: torch.Tensor, num_steps: int) -> dict:
         """Clock of the progress domain: t(psi_k) = sum_{j<k} mean normalised dt_j; the K-step grid read off it."""
-        from art.schedules import Clock
         t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(duration * self.dt, 0)])
         u = (t / t[-1]).numpy()
         u[0], u[-1] = 0.0, 1.0
         psi = torch.arange(self.grid_steps + 1, dtype=torch.float64) * self.dt
         sigma = self.clock.sigma(psi)
         sigma[0], sigma[-1] = self.T, 0.0
-        sigmas = Clock(u, sigma.numpy()).grid(self.cfg.steps).tolist()
+        sigmas = Clock(u, sigma.numpy()).grid(num_steps).tolist()
         theta = (self.dt / (duration * self.dt)).tolist()                        # dpsi/dt on the psi-grid
         return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta)
 

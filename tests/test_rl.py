@@ -158,49 +158,21 @@ def test_config_is_serialisable_and_presets_are_valid():
         ARTConfig(distill='median')
 
 
-# ---- the critic-driven form (EXPERIMENTAL; art/rl.py module docstring) -------------------------------------------
+# ---- a fine training grid, the grid of any K read off the learned clock -----------------------------------------
 
-COSTATE = dict(rho=7.0, mean_param='exp', noise='relative', rel_std=0.1, actor_update='critic',
-               critic_update='td+costate', costate_source='critic', gamma_init=None, precondition=True,
-               lr=1e-3, critic_lr=3e-3, gamma_lr=0.1, gamma_update='solve', batch=2, distill_size=5)
-
-
-def test_pathwise_costate_telescopes_for_a_constant_control(gauss1d):
-    """p_k = -sum_{j>=k} theta_j (q_{j+1} - q_j): for theta = c it is c (q_k - q_K) (sign: V_psi > 0 when q falls)."""
-    learner = ARTLearner(gauss1d, ARTConfig(steps=6, **dict(COSTATE, rel_std=1e-12)))
-    traj = learner.rollout(0, 0, 3)
-    p = learner.costate(traj)
-    c = traj['theta'][:, :1]
-    assert torch.allclose(traj['theta'], c.expand_as(traj['theta']), rtol=1e-9)
-    assert torch.allclose(p, c * (traj['q'] - traj['q_T'][:, None]), rtol=1e-9, atol=1e-12)
-
-
-def test_critic_driven_form_is_deterministic_and_resumes_exactly(gauss1d, tmp_path):
-    cfg = dict(COSTATE, steps=4)
-    a, b = train(gauss1d, 6, **cfg), train(gauss1d, 3, **cfg)
-    torch.save(b.state_dict(), tmp_path / 'snap.pt')
-    c = ARTLearner(gauss1d, ARTConfig(**{**FAST, **cfg}))
-    c.load_state_dict(torch.load(tmp_path / 'snap.pt'))
-    for _ in range(3):
-        c.step()
-    assert c.distill() == a.distill() and c.gamma == a.gamma and c.v_scale == a.v_scale
-    assert np.isfinite(a.gamma) and a.v_scale > 0
-    assert 'critic-driven' in a.cfg.to_dict()['form'] and 'paper' in ARTConfig().to_dict()['form']
-
-
-def test_deploy_steps_reads_the_grid_off_the_learned_clock(gauss1d):
+def test_train_steps_reads_the_grid_off_the_learned_clock(gauss1d):
     from art.schedules import Clock
-    learner = train(gauss1d, 3, steps=8, deploy_steps=3)
+    learner = train(gauss1d, 3, steps=3, train_steps=8)
     sched = learner.distill()
+    assert learner.distill(5)['clock'] == sched['clock'] and len(learner.distill(5)['sigmas']) == 6
     assert len(sched['clock']['u']) == 9 and len(sched['sigmas']) == 4
     expected = Clock(np.array(sched['clock']['u']), np.array(sched['clock']['sigma'])).grid(3)
     assert np.allclose(sched['sigmas'], expected) and sched['sigmas'][0] == 3.0 and sched['sigmas'][-1] == 0.0
     assert (np.diff(sched['sigmas']) < 0).all()
 
 
-def test_invalid_critic_driven_options_are_refused():
-    for bad in (dict(noise='gumbel'), dict(actor_update='reinforce'), dict(critic_update='mc'),
-                dict(costate_source='oracle'), dict(gamma_update='solve'), dict(deploy_steps=0)):
+def test_invalid_options_are_refused():
+    for bad in (dict(gamma_update='solve'), dict(train_steps=0), dict(actor='table'), dict(mean_param='log')):
         with pytest.raises(ValueError):
             ARTConfig(**bad)
 
@@ -242,7 +214,7 @@ def test_progress_domain_resumes_exactly_and_refuses_bad_options(gauss1d, tmp_pa
         c.step()
     assert c.distill() == a.distill() and c.gamma == a.gamma and len(a.distill()['sigmas']) == 3
     for bad in (dict(domain='space'), dict(baseline='oracle'), dict(gamma_update='sa'), dict(mean_param='linear'),
-                dict(train_steps=6, deploy_steps=2), dict(log_std=0.0)):
+                dict(actor='lookup'), dict(log_std=0.0)):
         with pytest.raises(ValueError):
             ARTConfig(**{**PRESETS['images'], **bad})
     with pytest.raises(ValueError):

@@ -75,7 +75,7 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
 
     resumed = _train(['--resume', run, '--device=cpu'])
     assert resumed.returncode == 0, resumed.stderr
-    assert 'Resuming K=5 from iteration' in resumed.stdout
+    assert 'Resuming k5 from iteration' in resumed.stdout
     got = load_schedule(os.path.join(run, 'schedule-k5.json')).sigmas
     np.testing.assert_array_equal(got, expected)
     rows = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
@@ -97,12 +97,19 @@ def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
 
 def test_pickle_end_to_end_then_generate(tmp_path):
     pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3))
-    out = _train([f'--network={pkl}', '--steps=5', '--iters=1', '--batch=2', '--preset=images',
+    out = _train([f'--network={pkl}', '--steps=5,3', '--iters=1', '--batch=2', '--preset=images',
                   f'--outdir={tmp_path / "runs"}', '--device=cpu'])
     assert out.returncode == 0, out.stderr
-    path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k5.json')
+    run = _only_run_dir(tmp_path / 'runs')
+    # The images preset learns one clock (one learner, one snapshot) and reads every K's grid off it.
+    assert 'snapshot-clock.pt' in os.listdir(run) and not [n for n in os.listdir(run) if n.startswith('snapshot-k')]
+    assert [json.loads(line)['learner'] for line in open(os.path.join(run, 'stats.jsonl'))] == ['clock']
+    path = os.path.join(run, 'schedule-k5.json')
     schedule = load_schedule(path, num_steps=5)
     assert schedule.sigmas[0] == 80.0 and np.all(np.diff(schedule.sigmas) < 0)
+    k3 = load_schedule(os.path.join(run, 'schedule-k3.json'), num_steps=3)
+    np.testing.assert_array_equal(k3.clock.u, schedule.clock.u)
+    np.testing.assert_array_equal(k3.sigmas, schedule.clock.grid(3))
     gen = subprocess.run([sys.executable, 'generate_art.py', f'--network={pkl}', f'--schedule={path}', '--seeds=0-1',
                           f'--outdir={tmp_path / "img"}', '--device=cpu'], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
