@@ -1,12 +1,15 @@
 """The benchmark report: every schedule method side by side, as a Markdown table and a plot per setting.
 
-    python -m art.report --outdir=docs/bench [--art-rl=RUN_DIR] [--num=256] [--fid-num=0]
+    python -m art.report --outdir=docs/bench [--art-rl=RUN_DIR] [--num=256] [--repeats=4] [--fid-num=0]
 
 Settings: an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE solution, Euler,
 K = 3, 5, 10, 20) and the embedded default network (rms, Euler and Heun, K = 3, 5, 10, 18; and FID with the offline
-detector when `--fid-num` > 0). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl when a run
-directory with `schedule-k<K>.json` files is given. Each method's cost (network evaluations, CPU seconds) comes from
-the provenance of its schedules. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
+detector when `--fid-num` > 0). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the
+mixture from the run directory given by --art-rl, for the default network its shipped schedule). Every value is the
+mean (and spread) over `--repeats` disjoint sets of `--num` latents: the rms is dominated by rare latents, so one set
+of 256 moves it by up to 15%. Each method's cost (network evaluations, CPU seconds) comes from the provenance of its
+schedules, and a gap table gives ART-RL's ratio to direct (the limit on analytic models), to the closed form and to
+EDM. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
 """
 
 import json
@@ -21,26 +24,28 @@ import dnnlib
 from art.analytic import load_analytic, write_random_gmm
 from art.bench import format_table, run_bench
 from art.methods import METHODS
-from art.networks import DEFAULT_NETWORK
+from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
 from art.schedules import code_version
 from edm.errors import Command, UserError
 
 BASELINES = ['edm', 'uniform', 'logsnr']
+ONE_CLOCK = ('closed-form', 'art-rl')        # methods whose schedules for every K come from one estimate or training
 
 
 def method_costs(rows: List[Dict]) -> Dict[str, dict]:
-    """Cost of making each method's schedules from their provenance: summed over K, the closed form counted once."""
+    """Cost of making each method's schedules from their provenance: summed over K, once for one-clock methods."""
     costs = {}
     for row in rows:
         cost = row.get('cost') or {}
         if not cost:
             continue
         total = costs.setdefault(row['schedule'], dict(network_evals=0, cpu_seconds=0.0))
-        if row['schedule'] == 'closed-form' and total['network_evals']:
+        if row['schedule'] in ONE_CLOCK and total['network_evals']:
             continue
         total['network_evals'] += int(sum(v for k, v in cost.items() if k.endswith('_evals') and isinstance(v, (int, float))))
-        total['cpu_seconds'] = round(total['cpu_seconds'] + float(cost.get('cpu_seconds', 0.0)), 1)
+        cpu = cost.get('cpu_seconds', cost.get('cpu_seconds_this_session_rank0', 0.0))   # art-rl: rank 0, its run
+        total['cpu_seconds'] = round(total['cpu_seconds'] + float(cpu), 1)
     return costs
 
 
@@ -55,19 +60,35 @@ def art_rl_files(run_dir: Optional[str], steps: List[int]) -> List[str]:
     return found[-1:]
 
 
+def gap_table(rows: List[Dict]) -> str:
+    """ART-RL's value divided by direct's, the closed form's and EDM's at each K (empty without an art-rl column)."""
+    value = {(row['schedule'], row['steps']): row['value'] for row in rows}
+    steps = sorted({row['steps'] for row in rows if ('art-rl', row['steps']) in value})
+    others = [name for name in ('direct', 'closed-form', 'edm') if all((name, k) in value for k in steps)]
+    if not steps or not others:
+        return ''
+    lines = ['| art-rl / | ' + ' | '.join(f'K={k}' for k in steps) + ' |', '|' + '---|' * (len(steps) + 1)]
+    lines += [f'| {name} | ' + ' | '.join(f'{value["art-rl", k] / value[name, k]:.3f}' for k in steps) + ' |'
+              for name in others]
+    return '\n'.join(lines)
+
+
 def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], solver: str, metric: str, num: int,
-            outdir: str, extra: List[str], fid_options: Optional[dict] = None) -> Dict:
-    """Run one benchmark setting; write its plot; return rows, costs and the table."""
+            repeats: int, outdir: str, extra: List[str], fid_options: Optional[dict] = None,
+            direct_latents: int = 1024) -> Dict:
+    """Run one benchmark setting; write its plot; return rows, costs and the tables."""
     sources = BASELINES + list(METHODS) + extra
-    rows = run_bench(network, net, steps, sources, solver, metric, num, 0, torch.device('cpu'),
-                     fid_options=fid_options)
+    rows = run_bench(network, net, steps, sources, solver, metric, num, 0, torch.device('cpu'), repeats=repeats,
+                     fid_options=fid_options, method_options=dict(direct=dict(num_latents=direct_latents)))
     for row in rows:
         if row['schedule'] in [os.path.basename(e) for e in extra]:
             row['schedule'] = 'art-rl'
     name = f'{title}-{metric}-{solver}'.replace(' ', '_')
     plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
-    return dict(title=title, name=name, solver=solver, metric=metric, rows=rows,
-                costs=method_costs(rows), table=format_table(rows))
+    note = (f'{repeats} x {num} latents per value (mean ± std over the {repeats} sets); direct trained on '
+            f'{direct_latents} latents of its own.')
+    return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note,
+                costs=method_costs(rows), table=format_table(rows), gaps=gap_table(rows))
 
 
 def write_report(outdir: str, results: List[Dict]) -> str:
@@ -75,11 +96,15 @@ def write_report(outdir: str, results: List[Dict]) -> str:
     lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {code_version()} on '
              f'{platform.processor() or platform.machine()} CPU, torch {torch.__version__}.', '']
     for result in results:
-        lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['table'], '',
+        lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['note'], '',
+                  result['table'], '',
                   f'![{result["name"]}]({result["name"]}.png)', '', '| method | cost: network evaluations | CPU s |',
                   '|---|---|---|']
         lines += [f'| {m} | {c["network_evals"]} | {c["cpu_seconds"]} |' for m, c in result['costs'].items()]
         lines.append('')
+        if result['gaps']:
+            lines += ['ART-RL relative to direct (the limit), the closed form and EDM (ratio of the values above):', '',
+                      result['gaps'], '']
     text = '\n'.join(lines)
     dnnlib.util.atomic_write(os.path.join(outdir, 'report.md'), lambda f: f.write(text.encode()))
     rows = [dict(setting=r['name'], **row) for r in results for row in r['rows']]
@@ -92,27 +117,36 @@ def write_report(outdir: str, results: List[Dict]) -> str:
               show_default=True)
 @click.option('--art-rl', 'art_rl', help='Run directory of train_art.py with art-rl schedules for the mixture',
               metavar='DIR', default=None)
-@click.option('--num', help='Latents per rms measurement', type=click.IntRange(min=2), default=256, show_default=True)
+@click.option('--num', help='Latents (images) per seed set', type=click.IntRange(min=2), default=256, show_default=True)
+@click.option('--repeats', help='Disjoint seed sets per value (mean +- std)', type=click.IntRange(min=1), default=4,
+              show_default=True)
+@click.option('--direct-latents', help='Training latents of direct on the default network (the mixture: 1024)',
+              type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
               type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--fid-ref', help='FID reference statistics for the default network', metavar='NPZ', default=None)
-def main(outdir: str, art_rl: Optional[str], num: int, fid_num: int, fid_ref: Optional[str]) -> None:
+def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
+         fid_ref: Optional[str]) -> None:
     """Benchmark every schedule method and write the report."""
     os.makedirs(outdir, exist_ok=True)
     mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
     if not os.path.exists(mixture):
         write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
     spec = f'analytic:gmm:{mixture}'
+    if fid_num and not fid_ref:
+        raise UserError('--fid-num needs --fid-ref')
     results = [setting('Gaussian mixture 1x8x8', spec, load_analytic(spec), [3, 5, 10, 20], 'euler', 'rms', num,
-                       outdir, art_rl_files(art_rl, [3, 5, 10, 20]))]
+                       repeats, outdir, art_rl_files(art_rl, [3, 5, 10, 20]))]
     default = load_analytic(DEFAULT_NETWORK)
+    shipped = shipped_schedule_path(DEFAULT_NETWORK, 10)
+    extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
     for solver in ('euler', 'heun'):
-        results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'rms', num, outdir, []))
+        results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'rms', num,
+                               repeats, outdir, extra, direct_latents=direct_latents))
         if fid_num:
-            if not fid_ref:
-                raise UserError('--fid-num needs --fid-ref')
             results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'fid', fid_num,
-                                   outdir, [], fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
+                                   repeats, outdir, extra, fid_options=dict(ref=fid_ref, detector='offline', batch=64),
+                                   direct_latents=direct_latents))
     print(write_report(outdir, results))
 
 
