@@ -81,23 +81,22 @@ eq. 6, written with the progress psi as the independent variable (this clock: si
 * Distillation.  Mean over the last `distill_size` trajectories of the normalised time increments dpsi/mu_k: the
   clock u(psi_k) = t_k/U, sigma_k = Phi(U - psi_k); the K-step grid is read off at u = i/K (art.schedules.Clock).
 
-Status of the progress domain (measured on write_random_gmm(k=10, shape=(1,8,8), seed=0), T = 80, Euler, rms
-endpoint error over 256 latents against DOP853; EDM rho=7 (0.002..80): K=5 3.577, K=10 2.596; closed form: K=5 2.759,
-K=10 1.612).  'images' preset (16 trajectories per iteration on the 64-step psi-grid, ~0.42 s CPU per iteration on
-one core); one training serves every K, since the learned clock is K-free:
-* 700 iterations (the preset, 290 s CPU), seed 0: K=5 2.871 = 1.041 x closed form = 0.803 x EDM;
-  K=10 1.655 = 1.026 x closed form = 0.637 x EDM.  At 550/600/650 iterations K=10 reads 1.028/1.071/1.067 x closed
-  form, K=5 1.043/1.044/1.043: the K=10 rms is rough in the grid (a 3% move of two levels near sigma ~ 1-2, where
-  qbar has a bump, changes it by up to 10%).
-* 400 iterations (177 s CPU), seeds 0 / 1: K=5 2.879 / 2.886 = 1.043 / 1.046 x closed form (0.805 / 0.807 x EDM);
-  K=10 1.721 / 1.728 = 1.067 / 1.071 x closed form (0.663 / 0.666 x EDM).  train_steps=128: no better (K=10 1.074,
-  K=5 1.055 at 300 iterations) at twice the cost.
-So the learned schedule is 20% (K=5) and 34-36% (K=10) below EDM, within 5% of the closed form at K=5 and 3-7% at
-K=10; the closed form itself is only 22.9% below EDM at K=5 on this mixture.  The remaining gap is in the shape near the
-end: the learned levels 1.16, 0.52 against the closed form's 0.98, 0.40 at K=10 (finite training grid with the
-left-point q on a 64-step Euler flow, q held at sigma_floor in the clock; holding |Q| at sigma_floor but using the true
-dsigma/du instead, as art.closed_form does, measured worse: 1.15 x closed form at K=10, 1.08 at K=5).  The critic
-baseline alone (baseline='critic') learns far more slowly: rms 2.67 (1.66 x closed form) after 150 iterations.
+Status of the progress domain ('images' preset: 16 trajectories per iteration on the 128-step psi-grid, tabular
+actor, 700 iterations; one training serves every K).  Euler, rms endpoint error against the exact solution over
+4 x 256 latents (seeds 0-1023), ratios on the same latents:
+* write_random_gmm(k=10, shape=(1,8,8), seed=0) (docs/bench/mixture-k10-1x8x8.npz), 580 s CPU: K=5 2.211 = 0.967 x
+  closed form = 0.681 x EDM; K=10 1.474 = 0.996 x closed form = 0.733 x EDM.
+* the Fashion-MNIST mixture (assets/fmnist-gmm.npz, 64 components, 1x32x32), 760 s CPU: K=5 7.759 = 1.017 x closed
+  form = 0.643 x EDM; K=10 5.462 = 1.027 x closed form = 0.751 x EDM; K=18 1.017 x closed form.
+* gauss1d (exact W2): .3469/.1483/.0766/.0390/.0158/.0080 at K=2/5/10/20/50/100 (closed form .3492/.1493/.0771/
+  .0392/.0159/.0080).
+Measured alternatives on the Fashion-MNIST mixture (K=5/10, one set of 256 latents, closed form 6.82/3.96): the MLP
+actor (64-step grid, lr 3e-3) 8.22/4.61 (1.21/1.16 x closed form; 1,500 iterations or a 128-step grid did not
+help); the table on the 64-step grid, lr 3e-3 7.47/4.19, lr 1e-2 7.07/4.12 (1.04 x); on the 128-step grid, lr 1e-2
+7.00/3.95 (1.03/1.00 x: the preset).  The exact fixed point of the learner (mu_k = sqrt(gamma'/qbar_k), qbar_k from
+128 rollouts) is 1.06/1.04 x closed form on the 64-step grid and 1.01/1.00 x on a 256-step grid: the training grid
+bounds what any learner can reach, the MLP was a further 12-15% off its own fixed point.  The critic baseline alone
+(baseline='critic') learns far more slowly (1x8x8: 1.66 x closed form after 150 iterations).
 
 Why a fine training grid (measured on the same mixture).  Per-K training on the K-step grid cannot reach the closed
 form even with a perfect learner: the exact optimum of the discrete objective sum_k |Q_k| theta_k**2 dt (|Q| at the

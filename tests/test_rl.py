@@ -43,9 +43,32 @@ def test_learned_schedule_beats_uniform_and_approaches_optimum(learned):
 
 
 def test_distilled_schedule_does_not_depend_on_lambda(learned):
+    """The paper's form at K=2 after 500 iterations: sigma_1 = 0.58 / 0.81 / 0.91 for lam = 0.03 / 0.1 / 0.3 against the
+    lambda-free optimum 0.86.  Small lambda learns slowest (the critic sees little spread in psi, so its V_psi is
+    poorly identified: at lam = 0.03 sigma_1 still wanders between 0.6 and 1.6 over 500-2,000 iterations), so these
+    bounds are loose; the tight check of Thm 3.2 is the progress-domain test below."""
     sigma1 = np.array([s['sigmas'][1] for s in learned.values()])  # ranges over (0, 3); uniform 1.5
     assert np.abs(sigma1 - 0.8595).max() < 0.3                      # the lambda-free optimum (art-method.md §7.2)
     assert np.ptp(sigma1) < 0.4
+
+
+def test_progress_domain_schedule_does_not_depend_on_the_exploration_variance(gauss1d):
+    """Thm 3.2 in the images preset's form (art/rl.py, "Randomisation"): the minimiser of the randomised objective is
+    the deterministic optimum whatever the exploration variance lam = log_std**2 of the log-normal policy.  Measured
+    (200 iterations): sigma_1 of the K=2 grid 0.614 / 0.616 / 0.612 for lam = 0.03 / 0.1 / 0.3, W2 0.347 (the
+    closed form's 0.349, the paper's ART-RL row 0.345)."""
+    grids = []
+    for lam in (0.03, 0.1, 0.3):
+        cfg = ARTConfig(**dict(PRESETS['images'], steps=2, train_steps=32, batch=8, log_std=lam ** 0.5,
+                               distill_size=160, iters=200))
+        learner = ARTLearner(gauss1d, cfg)
+        for _ in range(cfg.iters):
+            learner.step()
+        grids.append((np.array(learner.distill()['sigmas']), np.array(learner.distill(5)['sigmas'])))
+    k2 = np.array([g[0][1] for g in grids])
+    k5 = np.array([g[1] for g in grids])
+    assert np.ptp(k2) < 0.02 and np.ptp(k5, axis=0).max() < 0.02
+    assert max(w2(g[0]) for g in grids) < 0.345 + 0.005
 
 
 def test_distilled_grid_format(learned, gauss1d):
