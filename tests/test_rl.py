@@ -30,6 +30,16 @@ def train(net, iters: int, **kw) -> ARTLearner:
     return learner
 
 
+def resumed(net, iters: int, tmp_path, **kw) -> ARTLearner:
+    """A learner run for iters // 2 iterations, saved, loaded into a fresh learner and run to `iters`."""
+    torch.save(train(net, iters // 2, **kw).state_dict(), tmp_path / 'snap.pt')
+    learner = ARTLearner(net, ARTConfig(**{**FAST, **kw}))
+    learner.load_state_dict(torch.load(tmp_path / 'snap.pt'))
+    for _ in range(iters - iters // 2):
+        learner.step()
+    return learner
+
+
 @pytest.fixture(scope='module')
 def learned(gauss1d):
     """Schedules learned with three values of lambda (Thm 3.2: the optimal mean does not depend on lambda)."""
@@ -93,12 +103,7 @@ def test_randomisation_cost_identity(gauss1d):
 
 def test_two_runs_are_identical_and_resume_is_exact(gauss1d, tmp_path):
     cfg = dict(steps=3, batch=2, distill_size=5, lr=1e-4, gamma_lr=1e-4)
-    a, b = train(gauss1d, 6, **cfg), train(gauss1d, 3, **cfg)
-    torch.save(b.state_dict(), tmp_path / 'snap.pt')
-    c = ARTLearner(gauss1d, ARTConfig(**{**FAST, **cfg}))
-    c.load_state_dict(torch.load(tmp_path / 'snap.pt'))
-    for _ in range(3):
-        c.step()
+    a, c = train(gauss1d, 6, **cfg), resumed(gauss1d, 6, tmp_path, **cfg)
     d = train(gauss1d, 6, **cfg)
     for other in (c, d):
         assert other.distill() == a.distill() and other.gamma == a.gamma and other.iteration == 6
@@ -229,12 +234,7 @@ def test_progress_domain_learns_a_schedule_that_beats_edm(tmp_path):
 def test_progress_domain_resumes_exactly_and_refuses_bad_options(gauss1d, tmp_path):
     cfg = {k: v for k, v in dict(PRESETS['images'], steps=2, train_steps=6, batch=2, distill_size=5).items()
            if k != 'iters'}
-    a, b = train(gauss1d, 4, **cfg), train(gauss1d, 2, **cfg)
-    torch.save(b.state_dict(), tmp_path / 'snap.pt')
-    c = ARTLearner(gauss1d, ARTConfig(**{**FAST, **cfg}))
-    c.load_state_dict(torch.load(tmp_path / 'snap.pt'))
-    for _ in range(2):
-        c.step()
+    a, c = train(gauss1d, 4, **cfg), resumed(gauss1d, 4, tmp_path, **cfg)
     assert c.distill() == a.distill() and c.gamma == a.gamma and len(a.distill()['sigmas']) == 3
     for bad in (dict(domain='space'), dict(baseline='oracle'), dict(gamma_update='sa'), dict(mean_param='linear'),
                 dict(actor='lookup'), dict(log_std=0.0)):

@@ -478,6 +478,20 @@ class DhariwalUNet(torch.nn.Module):
 # Preconditioning (spec 4.5, Table 1 of the paper): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
 
 
+def _init_precond(net: torch.nn.Module, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool) -> None:
+    """The attributes every preconditioner has (spec 4.5)."""
+    net.img_resolution = img_resolution
+    net.img_channels = img_channels
+    net.label_dim = label_dim
+    net.use_fp16 = use_fp16
+
+
+def _inner_model(net: torch.nn.Module, model_type: str, out_channels: int, model_kwargs: dict) -> torch.nn.Module:
+    """The wrapped network F, built by class name with the preconditioner's shape and labels."""
+    return globals()[model_type](img_resolution=net.img_resolution, in_channels=net.img_channels,
+                                 out_channels=out_channels, label_dim=net.label_dim, **model_kwargs)
+
+
 def _precond_inputs(net: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor,
                     force_fp32: bool) -> tuple:
     """Cast and broadcast a preconditioner's inputs (spec 4.5, 4.6); returns (x, sigma, class_labels, dtype)."""
@@ -509,18 +523,14 @@ class VPPrecond(torch.nn.Module):
                  beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000, epsilon_t: float = 1e-5,
                  model_type: str = 'SongUNet', **model_kwargs):
         super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        _init_precond(self, img_resolution, img_channels, label_dim, use_fp16)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
         self.sigma_min = float(self.sigma(epsilon_t))
         self.sigma_max = float(self.sigma(1))
-        self.model = globals()[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                           out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.model = _inner_model(self, model_type, img_channels, model_kwargs)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor = None, force_fp32: bool = False,
                 **model_kwargs) -> torch.Tensor:
@@ -553,14 +563,10 @@ class VEPrecond(torch.nn.Module):
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
                  sigma_min: float = 0.02, sigma_max: float = 100, model_type: str = 'SongUNet', **model_kwargs):
         super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        _init_precond(self, img_resolution, img_channels, label_dim, use_fp16)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.model = globals()[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                           out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.model = _inner_model(self, model_type, img_channels, model_kwargs)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor = None, force_fp32: bool = False,
                 **model_kwargs) -> torch.Tensor:
@@ -584,16 +590,12 @@ class iDDPMPrecond(torch.nn.Module):
                  C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, model_type: str = 'DhariwalUNet',
                  **model_kwargs):
         super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        _init_precond(self, img_resolution, img_channels, label_dim, use_fp16)
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
         # The model predicts 2x channels (mean and variance in iDDPM); only the first img_channels are used.
-        self.model = globals()[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                           out_channels=img_channels * 2, label_dim=label_dim, **model_kwargs)
+        self.model = _inner_model(self, model_type, img_channels * 2, model_kwargs)
         # u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1) (spec 2.6).
         u = torch.zeros(M + 1)
         for j in range(M, 0, -1):
@@ -635,15 +637,11 @@ class EDMPrecond(torch.nn.Module):
                  sigma_min: float = 0, sigma_max: float = float('inf'), sigma_data: float = 0.5,
                  model_type: str = 'DhariwalUNet', **model_kwargs):
         super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
+        _init_precond(self, img_resolution, img_channels, label_dim, use_fp16)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.model = globals()[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                           out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.model = _inner_model(self, model_type, img_channels, model_kwargs)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor = None, force_fp32: bool = False,
                 **model_kwargs) -> torch.Tensor:
