@@ -113,6 +113,14 @@ class GaussianMixtureModel(AnalyticModel):
         D = (r * s2 / total) @ self.mu + (r * self.var[None, :] / total).sum(1, keepdim=True) * x64
         return D.reshape(x.shape).to(x.dtype)
 
+    def sample_data(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """num exact draws from the data distribution (float64, [num, C, H, W]): a component by weight, then its
+        Gaussian."""
+        j = torch.multinomial(self.log_weight.exp().cpu(), num, replacement=True, generator=generator)
+        noise = torch.randn(num, self.mu.shape[1], generator=generator, dtype=torch.float64)
+        x = self.mu.cpu()[j] + self.var.cpu()[j].sqrt()[:, None] * noise
+        return x.reshape(num, self.img_channels, self.img_resolution, self.img_resolution)
+
 
 def _parse_shape(text: str, spec: str) -> tuple:
     """'CxHxW' -> (C, H, W)."""

@@ -16,7 +16,7 @@ per seed set against `--ref` statistics (images quantised exactly as the PNGs of
 import json
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import click
 import numpy as np
@@ -85,22 +85,24 @@ class SeedSet:
 
     def fid(self, sigmas: np.ndarray, solver: str, detector, ref: Dict[str, np.ndarray], batch: int) -> float:
         """FID of the images sampled from these latents with the grid against the reference statistics."""
-        stats = fid.FeatureStats(self.latents.device)
-        for start in range(0, len(self.seeds), batch):
-            labels = None if self.labels is None else self.labels[start:start + batch]
-            x = sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
-            images = torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).to(self.latents.device)   # as the PNGs hold them
-            stats.update(fid.detector_features(detector, images))
-        mu, sigma = stats.mean_cov()
+        def batches():
+            for start in range(0, len(self.seeds), batch):
+                labels = None if self.labels is None else self.labels[start:start + batch]
+                x = sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
+                yield torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2)                  # as the PNGs hold them
+        mu, sigma = fid.images_stats(detector, batches(), self.latents.device)
         return fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
 
 
-def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[str], solver: str,
+def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[Union[str, ScheduleSource]],
+              solver: str,
               metric: str, num: int, seed: int, device: torch.device, method_options: Optional[Dict[str, dict]] = None,
               repeats: int = 1, fid_options: Optional[dict] = None) -> List[Dict]:
     """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value,
-    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each."""
-    columns = [ScheduleSource(spec, net, network, solver, method_options) for spec in sources]
+    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each.  Sources
+    are specs or ScheduleSource objects (whose method schedules are made once and can serve several metrics)."""
+    columns = [spec if isinstance(spec, ScheduleSource) else ScheduleSource(spec, net, network, solver, method_options)
+               for spec in sources]
     seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
     if metric == 'fid':
         fid_options = dict(fid_options or {})

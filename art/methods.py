@@ -5,7 +5,7 @@ art/direct.py) and `gits` (GITS-style dynamic programming over a teacher grid, a
 run directory and snapshots, lives in art/train.py.
 """
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -18,7 +18,8 @@ METHODS = ('closed-form', 'direct', 'gits')
 
 
 class ScheduleMaker:
-    """Makes one method's schedule for any K; the closed form's clock does not depend on K and is estimated once."""
+    """Makes one method's schedule for any K, once per K; the closed form's clock does not depend on K and is
+    estimated once."""
 
     def __init__(self, method: str, net: torch.nn.Module, network: Optional[str], solver: str = 'euler',
                  options: Optional[dict] = None):
@@ -27,9 +28,15 @@ class ScheduleMaker:
         self.method, self.net, self.network, self.solver = method, net, network, solver
         self.options = dict(options or {})
         self._closed_form: Optional[Schedule] = None
+        self._made: Dict[int, Schedule] = {}
 
     def __call__(self, num_steps: int) -> Schedule:
         """The schedule for K = num_steps."""
+        if num_steps not in self._made:
+            self._made[num_steps] = self._make(num_steps)
+        return self._made[num_steps]
+
+    def _make(self, num_steps: int) -> Schedule:
         if self.method == 'closed-form':
             if self._closed_form is None:
                 self._closed_form = closed_form_schedule(self.net, num_steps, network=self.network, **self.options)

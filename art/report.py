@@ -4,7 +4,8 @@
 
 Settings: an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE solution, Euler,
 K = 3, 5, 10, 20) and the embedded default network (rms, Euler and Heun, K = 3, 5, 10, 18; and FID with the offline
-detector when `--fid-num` > 0). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the
+detector when `--fid-num` > 0, against `--fid-ref` or, by default, the statistics of `--fid-ref-num` exact draws
+from the default network's mixture, quantised as PNGs are). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the
 mixture from the run directory given by --art-rl, for the default network its shipped schedule). Every value is the
 mean (and spread) over `--repeats` disjoint sets of `--num` latents: the rms is dominated by rare latents, so one set
 of 256 moves it by up to 15%. Each method's cost (network evaluations, CPU seconds) comes from the provenance of its
@@ -21,13 +22,16 @@ import click
 import torch
 
 import dnnlib
-from art.analytic import load_analytic, write_random_gmm
-from art.bench import format_table, run_bench
+from art.analytic import GaussianMixtureModel, load_analytic, write_random_gmm
+from art.bench import ScheduleSource, format_table, run_bench
 from art.methods import METHODS
 from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
 from art.schedules import code_version
+from edm import fid
 from edm.errors import Command, UserError
+from edm.generate import int_list_callback
+from edm.images import to_uint8
 
 BASELINES = ['edm', 'uniform', 'logsnr']
 ONE_CLOCK = ('closed-form', 'art-rl')        # methods whose schedules for every K come from one estimate or training
@@ -73,20 +77,36 @@ def gap_table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def exact_reference(net: GaussianMixtureModel, num: int, path: str, batch: int = 64, seed: int = 0) -> str:
+    """FID reference statistics of num exact draws from a mixture (offline detector), written to path."""
+    images = torch.from_numpy(to_uint8(net.sample_data(num, torch.Generator().manual_seed(seed)))).permute(0, 3, 1, 2)
+    batches = (images[start:start + batch] for start in range(0, num, batch))
+    mu, sigma = fid.images_stats(fid.load_detector('offline'), batches)
+    fid.save_reference(path, mu, sigma)
+    return path
+
+
+def columns(network: str, net: torch.nn.Module, solver: str, art_rl: List[str], direct_latents: int) -> List:
+    """The benchmark's schedule columns for one network and solver (methods make each K's schedule once)."""
+    options = dict(direct=dict(num_latents=direct_latents))
+    return [ScheduleSource(spec, net, network, solver, options) for spec in BASELINES + list(METHODS) + art_rl]
+
+
 def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], solver: str, metric: str, num: int,
-            repeats: int, outdir: str, extra: List[str], fid_options: Optional[dict] = None,
-            direct_latents: int = 1024) -> Dict:
+            repeats: int, outdir: str, sources: List[ScheduleSource], fid_options: Optional[dict] = None) -> Dict:
     """Run one benchmark setting; write its plot; return rows, costs and the tables."""
-    sources = BASELINES + list(METHODS) + extra
     rows = run_bench(network, net, steps, sources, solver, metric, num, 0, torch.device('cpu'), repeats=repeats,
-                     fid_options=fid_options, method_options=dict(direct=dict(num_latents=direct_latents)))
+                     fid_options=fid_options)
+    art_rl = [source.label for source in sources if os.path.isfile(source.spec)]
     for row in rows:
-        if row['schedule'] in [os.path.basename(e) for e in extra]:
+        if row['schedule'] in art_rl:
             row['schedule'] = 'art-rl'
     name = f'{title}-{metric}-{solver}'.replace(' ', '_')
     plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
-    note = (f'{repeats} x {num} latents per value (mean ± std over the {repeats} sets); direct trained on '
-            f'{direct_latents} latents of its own.')
+    direct = next(source for source in sources if source.spec == 'direct').maker.options['num_latents']
+    unit = 'images' if metric == 'fid' else 'latents'
+    note = (f'{repeats} x {num} {unit} per value' + (f' (mean ± std over the {repeats} sets)' if repeats > 1 else '')
+            + f'; direct trained on {direct} latents of its own.')
     return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note,
                 costs=method_costs(rows), table=format_table(rows), gaps=gap_table(rows))
 
@@ -124,29 +144,37 @@ def write_report(outdir: str, results: List[Dict]) -> str:
               type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
               type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--fid-ref', help='FID reference statistics for the default network', metavar='NPZ', default=None)
+@click.option('--fid-ref', help='FID reference statistics for the default network  [default: exact draws]',
+              metavar='NPZ', default=None)
+@click.option('--fid-ref-num', help='Exact draws for the default FID reference', type=click.IntRange(min=2),
+              default=2000, show_default=True)
+@click.option('--fid-steps', help='Step counts of the FID settings', metavar='LIST', default='3,5,10,18',
+              show_default=True, callback=int_list_callback(1, 'fid-steps'))
+@click.option('--fid-solvers', help='Solvers of the FID settings', type=click.Choice(['euler', 'heun', 'both']),
+              default='both', show_default=True)
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
-         fid_ref: Optional[str]) -> None:
+         fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str) -> None:
     """Benchmark every schedule method and write the report."""
     os.makedirs(outdir, exist_ok=True)
     mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
     if not os.path.exists(mixture):
         write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
     spec = f'analytic:gmm:{mixture}'
-    if fid_num and not fid_ref:
-        raise UserError('--fid-num needs --fid-ref')
-    results = [setting('Gaussian mixture 1x8x8', spec, load_analytic(spec), [3, 5, 10, 20], 'euler', 'rms', num,
-                       repeats, outdir, art_rl_files(art_rl, [3, 5, 10, 20]))]
+    mixture_net = load_analytic(spec)
+    results = [setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num, repeats,
+                       outdir, columns(spec, mixture_net, 'euler', art_rl_files(art_rl, [3, 5, 10, 20]), 1024))]
     default = load_analytic(DEFAULT_NETWORK)
+    if fid_num and not fid_ref:
+        fid_ref = exact_reference(default, fid_ref_num, os.path.join(outdir, 'fid-ref-default-network.npz'))
     shipped = shipped_schedule_path(DEFAULT_NETWORK, 10)
     extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
     for solver in ('euler', 'heun'):
+        sources = columns(DEFAULT_NETWORK, default, solver, extra, direct_latents)
         results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'rms', num,
-                               repeats, outdir, extra, direct_latents=direct_latents))
-        if fid_num:
-            results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'fid', fid_num,
-                                   repeats, outdir, extra, fid_options=dict(ref=fid_ref, detector='offline', batch=64),
-                                   direct_latents=direct_latents))
+                               repeats, outdir, sources))
+        if fid_num and fid_solvers in (solver, 'both'):
+            results.append(setting('default network', DEFAULT_NETWORK, default, fid_steps, solver, 'fid', fid_num,
+                                   1, outdir, sources, fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
     print(write_report(outdir, results))
 
 

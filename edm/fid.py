@@ -23,7 +23,7 @@ import math
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -331,6 +331,15 @@ class FeatureStats:
         mu = self.mu_sum / self.num
         sigma = (self.s_sum - torch.outer(mu, mu) * self.num) / (self.num - 1)
         return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def images_stats(detector: Any, batches: Iterable[torch.Tensor],
+                 device: torch.device = torch.device('cpu')) -> Tuple[np.ndarray, np.ndarray]:
+    """mu and sigma of the detector features of uint8 NCHW image batches (one process)."""
+    stats = FeatureStats(device)
+    for images in batches:
+        stats.update(detector_features(detector, images.to(device)))
+    return stats.mean_cov()
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Distance.

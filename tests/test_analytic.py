@@ -173,3 +173,15 @@ def test_load_network_routes_specs(tmp_path, fixtures_dir):
         with pytest.raises(NetworkSpecError, match='expected a network pickle path or URL') as info:
             load_network(spec)
         assert isinstance(info.value, ValueError) and '\n' not in str(info.value)
+
+
+def test_gmm_sample_data_has_the_mixture_moments():
+    """Exact draws: component frequencies follow the weights, each draw sits at its mean with the component's std."""
+    mu = np.stack([np.full((1, 2, 2), -3.0), np.full((1, 2, 2), 3.0)])
+    net = GaussianMixtureModel(mu, np.array([0.1, 0.5]), np.array([0.25, 0.75]), (1, 2, 2))
+    x = net.sample_data(20000, torch.Generator().manual_seed(0))
+    assert x.shape == (20000, 1, 2, 2) and x.dtype == torch.float64
+    right = x.flatten(1).mean(1) > 0
+    assert abs(right.double().mean().item() - 0.75) < 0.01
+    assert abs(x[right].std().item() - 0.5) < 0.01 and abs(x[~right].std().item() - 0.1) < 0.005
+    assert abs(x[right].mean().item() - 3.0) < 0.01

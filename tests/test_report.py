@@ -48,3 +48,16 @@ def test_write_report(tmp_path):
     rows = json.loads((tmp_path / 'rows.json').read_text())
     assert len(rows) == len(ROWS) and rows[0]['setting'] == 'mix-rms-euler'
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith('.')]
+
+
+def test_exact_reference_statistics(tmp_path):
+    """Reference statistics of exact draws from a mixture, with the offline detector, in upstream's npz layout."""
+    from art.analytic import load_analytic, write_random_gmm
+    from art.report import exact_reference
+    from edm.fid import load_reference
+    net = load_analytic(f'analytic:gmm:{write_random_gmm(tmp_path / "m.npz", k=3, shape=(1, 8, 8), seed=0)}')
+    path = exact_reference(net, 5, str(tmp_path / 'ref.npz'), batch=2)
+    ref = load_reference(path)
+    assert ref['mu'].shape == (2048,) and ref['sigma'].shape == (2048, 2048) and ref['mu'].dtype == 'float64'
+    again = load_reference(exact_reference(net, 5, str(tmp_path / 'again.npz'), batch=5))
+    assert abs(ref['mu'] - again['mu']).max() < 1e-5 * abs(ref['mu']).max()      # the same draws in other batches
