@@ -13,7 +13,9 @@ with sigma_0 = sigma_max and sigma_K = 0 exactly.
 Start: the loss is not convex in z (on mixtures, Euler from EDM's grid with sigma_min = 0.002 descends into a basin
 whose last level stays near 0.002, while the best grids end near sigma ~ 1). So the EDM rho = 7 grid (K levels then 0)
 is scored for each sigma_min in init_sigma_mins (0.002 is EDM's own grid; forward passes only) and Adam starts from
-the best; init_sigma_mins = (0.002,) is the plain EDM start.
+the best; init_sigma_mins = (0.002,) is the plain EDM start.  `init_grids` adds named candidate starts (e.g. the grids
+of the closed form and of gits for the same K, as art.report passes them: a warm start, so that the optimisation
+begins from the best grid known; their cost is in their own methods' rows).
 
 Optimisation: Adam on z, learning rate cosine-annealed to 0; the loss is differentiated through an Euler/Heun rollout
 that calls the network at each level (the arithmetic of edm.sampler.sample with the linear schedule, no scaling, no
@@ -109,7 +111,8 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
 
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
                     num_latents: int = 1024, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
-                    init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, sigma_max: Optional[float] = None,
+                    init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, init_grids: Optional[dict] = None,
+                    sigma_max: Optional[float] = None,
                     batch_size: int = 256) -> Schedule:
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
@@ -147,22 +150,29 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
             total += loss.item()
         return total
 
-    starts = {}                                     # sigma_min -> (training loss, logits) of each candidate start
-    for sigma_min in (m for m in init_sigma_mins if m < sigma_max):
-        start_sigmas = grids.make_sigmas(init, int(num_steps), sigma_min=sigma_min, sigma_max=sigma_max, net=net)
+    candidates = {f'{init} sigma_min={m:g}': grids.make_sigmas(init, int(num_steps), sigma_min=m, sigma_max=sigma_max,
+                                                               net=net) for m in init_sigma_mins if m < sigma_max}
+    for name, grid in (init_grids or {}).items():
+        grid = np.asarray(grid, dtype=np.float64)
+        if len(grid) != num_steps + 1:
+            raise ValueError(f'init_grids[{name!r}] has {len(grid) - 1} steps, not {num_steps}')
+        candidates[name] = grid
+    if not candidates:
+        raise ValueError(f'no init_sigma_mins value lies below sigma_max = {sigma_max} and no init_grids')
+    starts = {}                                     # name -> (training loss, logits) of each candidate start
+    for name, start_sigmas in candidates.items():
+        start_sigmas = np.array(start_sigmas, dtype=np.float64)
         start_sigmas[0] = sigma_max
         z = logits_from_grid(start_sigmas).to(device)
-        starts[float(sigma_min)] = (loss_and_grad(z, with_grad=False), z)
+        starts[name] = (loss_and_grad(z, with_grad=False), z)
         forward_evals += per_pass
-    if not starts:
-        raise ValueError(f'no init_sigma_mins value lies below sigma_max = {sigma_max}')
-    start_sigma_min = min(starts, key=lambda key: starts[key][0])
-    logits = starts[start_sigma_min][1].clone().requires_grad_(True)
+    start_name = min(starts, key=lambda key: starts[key][0])
+    logits = starts[start_name][1].clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iters), 1))
 
     history = []
-    best_loss, best_logits = starts[start_sigma_min][0], logits.detach().clone()
+    best_loss, best_logits = starts[start_name][0], logits.detach().clone()
     for _ in range(int(num_steps > 1) * iters):     # K = 1 has no interior level to learn
         optimizer.zero_grad(set_to_none=True)
         loss = loss_and_grad(logits, with_grad=True)
@@ -181,16 +191,16 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
     sigmas = grid_from_logits(best_logits, sigma_max).cpu().numpy()
     sigmas[0], sigmas[-1] = sigma_max, 0.0
     analytic = isinstance(net, AnalyticModel)
-    start_loss = starts[start_sigma_min][0]
+    start_loss = starts[start_name][0]
     provenance = {
         'network': network,
         'method_source': 'LD3 (Tong et al. 2024, Learning to Discretize Denoising Diffusion ODEs), plain squared error',
         'objective': 'mean over training latents of |x_K - x_ref|^2, x_ref the reference PF-ODE endpoint '
                      '(art.metrics.reference_endpoints) of the same latents',
         'parametrisation': f'sigma^(1/{RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
-        'init': {'discretization': init, 'sigma_min_scanned': {str(k): math.sqrt(v[0]) for k, v in starts.items()},
-                 'rule': 'start from the scanned grid with the lowest training rms', 'sigma_min': start_sigma_min,
-                 'sigmas': grid_from_logits(starts[start_sigma_min][1], sigma_max).tolist()},
+        'init': {'discretization': init, 'candidates_training_rms': {k: math.sqrt(v[0]) for k, v in starts.items()},
+                 'rule': 'start from the candidate grid with the lowest training rms', 'start': start_name,
+                 'sigmas': grid_from_logits(starts[start_name][1], sigma_max).tolist()},
         'num_steps_built_for': int(num_steps), 'iterations': int(iters) if num_steps > 1 else 0,
         'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': batch_size,
         'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',

@@ -27,6 +27,7 @@ class ScheduleMaker:
             raise ValueError(f'unknown schedule method {method!r}; expected one of {", ".join(METHODS)}')
         self.method, self.net, self.network, self.solver = method, net, network, solver
         self.options = dict(options or {})
+        self.warm_start = self.options.pop('warm_start', [])        # direct: makers whose grids are candidate starts
         self._closed_form: Optional[Schedule] = None
         self._made: Dict[int, Schedule] = {}
 
@@ -41,5 +42,8 @@ class ScheduleMaker:
             if self._closed_form is None:
                 self._closed_form = closed_form_schedule(self.net, num_steps, network=self.network, **self.options)
             return self._closed_form.resample(num_steps)
-        make = direct_schedule if self.method == 'direct' else gits_schedule
-        return make(self.net, num_steps, network=self.network, solver=self.solver, **self.options)
+        if self.method == 'direct':
+            starts = {maker.method: maker(num_steps).sigmas for maker in self.warm_start}
+            return direct_schedule(self.net, num_steps, network=self.network, solver=self.solver, init_grids=starts,
+                                   **self.options)
+        return gits_schedule(self.net, num_steps, network=self.network, solver=self.solver, **self.options)

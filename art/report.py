@@ -87,9 +87,14 @@ def exact_reference(net: GaussianMixtureModel, num: int, path: str, batch: int =
 
 
 def columns(network: str, net: torch.nn.Module, solver: str, art_rl: List[str], direct_latents: int) -> List:
-    """The benchmark's schedule columns for one network and solver (methods make each K's schedule once)."""
-    options = dict(direct=dict(num_latents=direct_latents))
-    return [ScheduleSource(spec, net, network, solver, options) for spec in BASELINES + list(METHODS) + art_rl]
+    """The benchmark's schedule columns for one network and solver (methods make each K's schedule once); direct is
+    warm-started from the closed-form and gits grids of the same K."""
+    sources = {spec: ScheduleSource(spec, net, network, solver) for spec in BASELINES + ['closed-form', 'gits']}
+    warm = [sources['closed-form'].maker, sources['gits'].maker]
+    sources['direct'] = ScheduleSource('direct', net, network, solver,
+                                       dict(direct=dict(num_latents=direct_latents, warm_start=warm)))
+    return [sources[spec] for spec in BASELINES + list(METHODS)] + \
+        [ScheduleSource(spec, net, network, solver) for spec in art_rl]
 
 
 def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], solver: str, metric: str, num: int,
@@ -104,16 +109,17 @@ def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], so
     name = f'{title}-{metric}-{solver}'.replace(' ', '_')
     plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
     direct = next(source for source in sources if source.spec == 'direct').maker.options['num_latents']
+    warm = ' (warm-started from the closed-form and gits grids)'
     unit = 'images' if metric == 'fid' else 'latents'
     note = (f'{repeats} x {num} {unit} per value' + (f' (mean ± std over the {repeats} sets)' if repeats > 1 else '')
-            + f'; direct trained on {direct} latents of its own.')
+            + f'; direct trained on {direct} latents of its own{warm}.')
     return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note,
                 costs=method_costs(rows), table=format_table(rows), gaps=gap_table(rows))
 
 
-def write_report(outdir: str, results: List[Dict]) -> str:
-    """report.md: one section per setting with its table, plot and method costs."""
-    lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {code_version()} on '
+def write_report(outdir: str, results: List[Dict], version: str) -> str:
+    """report.md: one section per setting with its table, plot and method costs; `version` is the commit measured."""
+    lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {version} on '
              f'{platform.processor() or platform.machine()} CPU, torch {torch.__version__}.', '']
     for result in results:
         lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['note'], '',
@@ -155,6 +161,7 @@ def write_report(outdir: str, results: List[Dict]) -> str:
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
          fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str) -> None:
     """Benchmark every schedule method and write the report."""
+    version = code_version()                        # before this run writes its own outputs into the tree
     os.makedirs(outdir, exist_ok=True)
     mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
     if not os.path.exists(mixture):
@@ -162,7 +169,7 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
     spec = f'analytic:gmm:{mixture}'
     mixture_net = load_analytic(spec)
     results = [setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num, repeats,
-                       outdir, columns(spec, mixture_net, 'euler', art_rl_files(art_rl, [3, 5, 10, 20]), 1024))]
+                       outdir, columns(spec, mixture_net, 'euler', art_rl_files(art_rl, [3, 5, 10, 20]), 4096))]
     default = load_analytic(DEFAULT_NETWORK)
     if fid_num and not fid_ref:
         fid_ref = exact_reference(default, fid_ref_num, os.path.join(outdir, 'fid-ref-default-network.npz'))
@@ -175,7 +182,7 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
         if fid_num and fid_solvers in (solver, 'both'):
             results.append(setting('default network', DEFAULT_NETWORK, default, fid_steps, solver, 'fid', fid_num,
                                    1, outdir, sources, fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
-    print(write_report(outdir, results))
+    print(write_report(outdir, results, version))
 
 
 if __name__ == '__main__':

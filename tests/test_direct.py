@@ -91,3 +91,15 @@ def test_direct_no_worse_than_closed_form_on_a_gaussian(num_steps):
     closed = closed_form_schedule(net, num_steps, num_samples=8, fine_steps=128)
     direct = direct_schedule(net, num_steps, num_latents=16, iters=100)
     assert held_out_rms(net, direct.sigmas, 'euler') <= held_out_rms(net, closed.sigmas, 'euler')
+
+
+def test_warm_start_from_given_grids(gmm):
+    """A given grid better than every EDM start becomes the start; the result is no worse on the training set."""
+    good = direct_schedule(gmm, 3, num_latents=NUM, iters=60)
+    warm = direct_schedule(gmm, 3, num_latents=NUM, iters=0, init_sigma_mins=(0.002,),
+                           init_grids={'learned': good.sigmas})
+    assert warm.provenance['init']['start'] == 'learned'
+    np.testing.assert_allclose(warm.sigmas, good.sigmas, rtol=1e-12)
+    assert warm.metrics['train_rms'] == pytest.approx(good.metrics['train_rms'], rel=1e-9)
+    with pytest.raises(ValueError, match='steps'):
+        direct_schedule(gmm, 3, num_latents=NUM, iters=0, init_grids={'k5': grids.make_sigmas('edm', 5, net=gmm)})

@@ -41,8 +41,8 @@ def test_gap_table_gives_art_rl_ratios():
 def test_write_report(tmp_path):
     result = dict(title='mix', name='mix-rms-euler', solver='euler', metric='rms', rows=ROWS, table='| t |', note='n',
                   costs=method_costs(ROWS), gaps=gap_table(ROWS))
-    text = write_report(str(tmp_path), [result])
-    assert '## mix: rms, euler' in text and '![mix-rms-euler](mix-rms-euler.png)' in text
+    text = write_report(str(tmp_path), [result], 'abc1234')
+    assert 'at commit abc1234 on' in text and '## mix: rms, euler' in text and '![mix-rms-euler](mix-rms-euler.png)' in text
     assert '| art-rl | 1400 | 9.0 |' in text and '| direct | 1.200 | 1.500 |' in text
     assert (tmp_path / 'report.md').read_text() == text
     rows = json.loads((tmp_path / 'rows.json').read_text())
