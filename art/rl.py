@@ -481,6 +481,8 @@ class ARTLearner:
             f, Q = error_density(self.net, x, sigma_eval, labels)
             speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
             q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| at max(sigma, sigma_floor)
+            if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
+                raise ARTDivergence(f'non-finite error density at iteration {iteration}, sigma = {sigma_eval:.4g}')
             x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
         q = torch.stack(q_all, dim=1)                                            # [count, M]
         mu = self.progress_log_mean().exp().expand_as(q)
