@@ -146,7 +146,7 @@ def write_report(outdir: str, results: List[Dict], version: str) -> str:
 @click.option('--num', help='Latents (images) per seed set', type=click.IntRange(min=2), default=256, show_default=True)
 @click.option('--repeats', help='Disjoint seed sets per value (mean +- std)', type=click.IntRange(min=1), default=4,
               show_default=True)
-@click.option('--direct-latents', help='Training latents of direct on the default network (the mixture: 1024)',
+@click.option('--direct-latents', help='Training latents of direct on the default network (the mixture: 4096)',
               type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
               type=click.IntRange(min=0), default=0, show_default=True)
