@@ -136,8 +136,8 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def open_mnist(images_gz: str, max_images: Optional[int]) -> Tuple[int, Iterator[Item]]:
-    """MNIST-format training images (padded from 28x28 to 32x32) with labels from the sibling labels file."""
+def open_mnist(images_gz: str, max_images: Optional[int], pad: bool = True) -> Tuple[int, Iterator[Item]]:
+    """MNIST-format images with labels from the sibling labels file, padded from 28x28 to 32x32 unless pad=False."""
     labels_gz = images_gz.replace('images-idx3-ubyte', 'labels-idx1-ubyte')
     if not os.path.isfile(labels_gz):
         raise UserError(f'labels file {labels_gz!r} not found next to {images_gz!r}')
@@ -145,7 +145,8 @@ def open_mnist(images_gz: str, max_images: Optional[int]) -> Tuple[int, Iterator
     labels = read_idx(labels_gz)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f'{images_gz!r} and {labels_gz!r} do not form an image/label pair')
-    images = np.pad(images, [(0, 0), (2, 2), (2, 2)], 'constant', constant_values=0)  # pad to 32x32
+    if pad:
+        images = np.pad(images, [(0, 0), (2, 2), (2, 2)], 'constant', constant_values=0)  # upstream: pad to 32x32
     n = len(images) if max_images is None else min(max_images, len(images))
     return n, ((images[i], int(labels[i])) for i in range(n))
 
@@ -188,8 +189,11 @@ def make_transform(transform: Optional[str], output_width: Optional[int],
     raise UserError(f'unknown transform {transform!r}')
 
 
-def open_dataset(source: str, max_images: Optional[int]) -> Tuple[int, Iterator[Item]]:
-    """Pick the reader for source: folder, zip, cifar-10-python.tar.gz, MNIST-format *-images-idx3-ubyte.gz."""
+def open_dataset(source: str, max_images: Optional[int], native_mnist: bool = False) -> Tuple[int, Iterator[Item]]:
+    """Pick the reader for source: folder, zip, cifar-10-python.tar.gz, MNIST-format *-images-idx3-ubyte.gz.
+
+    MNIST-format images are padded to 32x32 as upstream does, or kept at their native 28x28 when native_mnist.
+    """
     if os.path.isdir(source):
         if source.rstrip('/').endswith('_lmdb'):
             raise UserError('LSUN lmdb sources are not supported (they need the cv2 and lmdb packages)')
@@ -199,7 +203,7 @@ def open_dataset(source: str, max_images: Optional[int]) -> Tuple[int, Iterator[
         if base == 'cifar-10-python.tar.gz':
             return open_cifar10(source, max_images)
         if base.endswith('images-idx3-ubyte.gz'):
-            return open_mnist(source, max_images)
+            return open_mnist(source, max_images, pad=not native_mnist)
         if os.path.splitext(source)[1].lower() == '.zip':
             return open_image_zip(source, max_images)
         raise UserError(f'unknown source type {source!r} (expected a folder, a .zip, cifar-10-python.tar.gz or '
@@ -256,7 +260,7 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, tr
     PIL.Image.init()
     if dest == '':
         raise UserError('--dest output filename or directory must not be an empty string')
-    num_files, items = open_dataset(source, max_images)
+    num_files, items = open_dataset(source, max_images, native_mnist=resolution == (28, 28))
     if num_files == 0:
         raise UserError(f'no images found in {source!r}')
     width, height = resolution if resolution is not None else (None, None)
@@ -281,8 +285,8 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, tr
                 w, h = cur['width'], cur['height']
                 if w != h:
                     raise UserError(f'image dimensions after scale and crop must be square; got {w}x{h}')
-                if w & (w - 1) != 0:
-                    raise UserError(f'image width/height after scale and crop must be a power of two; got {w}')
+                if w % 4 != 0:  # upstream asks for a power of two; our UNets need only two halvings (28x28 works)
+                    raise UserError(f'image width/height after scale and crop must be a multiple of 4; got {w}')
                 if channels not in (1, 3):
                     raise UserError('input images must be stored as RGB or grayscale')
             elif cur != dataset_attrs:
@@ -325,7 +329,7 @@ def main(source: str, dest: str, max_images: Optional[int], transform: Optional[
 
     The input dataset format is guessed from the --source argument: a folder of images (labels from dataset.json
     or top-level folder names), an image zip, cifar-10-python.tar.gz, or MNIST-format train-images-idx3-ubyte.gz
-    (with train-labels-idx1-ubyte.gz next to it; padded to 32x32). The output is a zip (--dest=*.zip) or a
+    (with train-labels-idx1-ubyte.gz next to it; padded to 32x32, or native with --resolution=28x28). The output is a zip (--dest=*.zip) or a
     folder of uncompressed PNGs plus dataset.json.
     """
     convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)

@@ -118,6 +118,10 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 # Ours.
+@click.option('--blocks', help='Residual blocks per resolution  [default: varies]', metavar='INT',
+              type=click.IntRange(min=1))
+@click.option('--lr-rampup', help='Learning-rate ramp-up  [default: 10000]', metavar='KIMG',
+              type=click.FloatRange(min=0))
 @click.option('--device', help='Device (cpu, cuda, cuda:N)  [default: cuda if available, else cpu]', metavar='DEV',
               type=str, default=None, callback=parse_device)
 def main(**kwargs: Any) -> None:
@@ -167,6 +171,8 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
         c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=opts.augment)
         c.augment_kwargs.update(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
         c.network_kwargs.augment_dim = 9
+    if opts.blocks is not None:
+        c.network_kwargs.num_blocks = opts.blocks
     c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
 
     # Training options.
@@ -175,6 +181,8 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
     c.ema_halflife_kimg = int(ema_kimg) if float(ema_kimg).is_integer() else ema_kimg  # no silent truncation
     c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu)
     c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
+    if opts.lr_rampup is not None:
+        c.lr_rampup_kimg = opts.lr_rampup
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     c.device = str(opts.device)
 

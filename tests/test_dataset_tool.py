@@ -98,6 +98,18 @@ def test_mnist_idx_padded_to_32(tmp_path):
         assert int(np.argmax(label)) == labels[i]
 
 
+def test_mnist_idx_native_28(tmp_path):
+    rng = np.random.RandomState(2)
+    images = (rng.rand(3, 28, 28) * 255).astype(np.uint8)
+    _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', images)
+    _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.array([0, 7, 9], dtype=np.uint8))
+    dest = tmp_path / 'mnist28.zip'
+    convert_dataset(str(tmp_path / 'train-images-idx3-ubyte.gz'), str(dest), resolution=(28, 28), progress=False)
+    ds = ImageFolderDataset(str(dest), use_labels=True)
+    assert ds.image_shape == [1, 28, 28] and [int(np.argmax(ds[i][1])) for i in range(3)] == [0, 7, 9]
+    assert all(np.array_equal(ds[i][0][0], images[i]) for i in range(3))  # unpadded, not resampled
+
+
 def test_resize_and_center_crop(tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
@@ -124,7 +136,7 @@ def test_errors(tmp_path):
     PIL.Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / 'six.png')
     (tmp_path / 's6').mkdir()
     os.replace(tmp_path / 'six.png', tmp_path / 's6' / 'six.png')
-    with pytest.raises(UserError, match='power of two'):
+    with pytest.raises(UserError, match='multiple of 4'):
         convert_dataset(str(tmp_path / 's6'), str(tmp_path / 'x.zip'), progress=False)
 
 
