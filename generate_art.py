@@ -17,24 +17,28 @@ from typing import List, Optional
 import click
 import torch
 
-from art.networks import DEFAULT_NETWORK, shipped_schedule_path
-from art.networks import load_network as load_any_network
-from art.schedules import Schedule, baseline_schedule, load_schedule
+from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_path
+from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
+from dnnlib.util import UserError
 from edm import grids
-from edm.errors import Command, UserError
-from edm.generate import generate_images, generate_options, load_network, upstream_sampler
+from edm.cli import Command, check_output_dir, check_output_file, check_sigma_range, generate_options
+from edm.generation import generate_images, load_on_ranks
 from edm.images import grid_from_files, image_path, save_png
-from edm.sampler import sample
+from edm.sampler import SOLVERS, sample, upstream_sampler
 from torch_utils import distributed as dist
 
 GRID_IMAGES = 64   # images shown in the grid picture
 
 
-def schedule_grid(spec: str, net: torch.nn.Module, num_steps: Optional[int], **grid_kwargs) -> Schedule:
-    """The Schedule named by --schedule for K = num_steps (None: the file's own K); grid_kwargs go to baselines."""
+def schedule_grid(spec: str, net: torch.nn.Module, network: str, num_steps: Optional[int], **grid_kwargs) -> Schedule:
+    """The Schedule named by --schedule for K = num_steps (None: the file's own K); grid_kwargs go to baselines. A
+    file must fit the network (art.schedules.check_network_fit), with a note when it was made for another one."""
     if spec in grids.DISCRETIZATIONS:
         return baseline_schedule(spec, num_steps or 18, net=net, **grid_kwargs)
     schedule = load_schedule(spec, num_steps=num_steps, resample=True)
+    note = check_network_fit(schedule, net, network, spec)
+    if note:
+        dist.print0(f'Note: {note}.')
     if 'resampled' in schedule.provenance:
         note = schedule.provenance['resampled']
         dist.print0(f'Note: {spec} holds K={note["from_steps"]}; resampled to K={note["to_steps"]} ({note["rule"]}).')
@@ -51,7 +55,7 @@ def grid_path(outdir: str) -> str:
 @click.option('--network', 'network', help='Network pickle, URL or analytic:... spec  [default: the embedded default]',
               metavar='PATH|URL|SPEC', type=str, default=None)
 @generate_options(sigma_schedule_flag='--sigma-schedule', default_outdir='out')
-@click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(['euler', 'heun']))
+@click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(SOLVERS))
 @click.option('--schedule', 'schedule_spec', metavar='FILE|NAME', type=str, default=None,
               help=f'Step schedule: a schedule file or one of {", ".join(grids.DISCRETIZATIONS)}')
 @click.pass_context
@@ -65,7 +69,12 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
         network = DEFAULT_NETWORK
         if schedule_spec is None and discretization is None:
             schedule_spec = str(shipped_schedule_path(network, num_steps) or 'edm')
-    net = load_network(network, device, loader=lambda spec: load_any_network(spec, trust_embedded_code=trust_pickle))
+    check_output_dir(outdir, '--outdir')
+    check_output_file(grid_path(outdir), '--outdir (its grid picture)')
+    range_disc = discretization or (schedule_spec if schedule_spec in grids.DISCRETIZATIONS else 'edm')
+    check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], range_disc)
+    net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)
+    check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], range_disc, net)
     if schedule_spec is None:
         sampler = upstream_sampler(solver=solver, discretization=discretization, schedule=schedule,
                                    num_steps=num_steps, **sampler_kwargs)
@@ -75,7 +84,7 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
         steps_given = ctx.get_parameter_source('num_steps') != click.core.ParameterSource.DEFAULT
         grid_kwargs = {key: sampler_kwargs[key] for key in ('sigma_min', 'sigma_max', 'rho')
                        if sampler_kwargs[key] is not None}
-        art_schedule = schedule_grid(schedule_spec, net, num_steps if steps_given else None, **grid_kwargs)
+        art_schedule = schedule_grid(schedule_spec, net, network, num_steps if steps_given else None, **grid_kwargs)
         sigmas = torch.as_tensor(art_schedule.sigmas, dtype=torch.float64, device=device)
         options = dict(solver=solver or art_schedule.solver or 'heun', schedule=schedule or 'linear',
                        scaling=sampler_kwargs.pop('scaling') or 'none',

@@ -4,11 +4,14 @@
     python train_art.py --network=analytic:gauss1d --outdir=runs --steps=10 --batch=8 --lr=3e-4 --gamma-lr=3e-4
     torchrun --standalone --nproc_per_node=8 train_art.py --network=PKL --outdir=runs --steps=10 --preset=images
 
-Each process rolls out its own trajectories and the updates use the mean over all processes. The run directory
-holds training_options.json, log.txt, stats.jsonl, atomic snapshots and one schedule-k<K>.json per K;
-`--resume=<run dir>` continues a stopped run exactly.
+`--preset=auto` (the default) uses the images preset for image-shaped networks and the paper's for a one-dimensional
+model; the preset used is recorded in training_options.json and in each schedule's provenance. Each process rolls out
+its own trajectories and the updates use the mean over all processes. The run directory holds training_options.json,
+log.txt, stats.jsonl, atomic snapshots and one schedule-k<K>.json per K; `--resume=<run dir>` continues a stopped run
+exactly.
 """
 
+import dataclasses
 import json
 import os
 from typing import List, Optional
@@ -17,12 +20,12 @@ import click
 import torch
 
 import dnnlib
-from art.networks import DEFAULT_NETWORK, network_name
-from art.networks import load_network as load_any_network
-from art.rl import PRESETS, ARTConfig
-from art.train import METHODS, next_run_dir, train_schedules
-from edm.errors import Command, UserError
-from edm.generate import int_list_callback, load_network, parse_device
+from dnnlib.util import UserError
+from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
+from art.methods import METHODS
+from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
+from edm.cli import Command, check_output_dir, int_list_callback, parse_device
+from edm.generation import load_on_ranks
 from torch_utils import distributed as dist
 
 @click.command(cls=Command)
@@ -32,19 +35,20 @@ from torch_utils import distributed as dist
               show_default=True)
 @click.option('--steps', help='Step budget(s) K, e.g. 10 or 5,10,18', metavar='LIST', type=str, default='10',
               show_default=True, callback=int_list_callback(1, 'steps'))
-@click.option('--method', type=click.Choice(METHODS), default='art-rl', show_default=True,
-              help='art-rl (the paper), closed-form (training-free ART), direct (LD3-style), gits (GITS-style)')
-@click.option('--preset', type=click.Choice(sorted(PRESETS)), default='paper', show_default=True,
-              help='ART-RL settings: paper (P1 App. C) or images (progress-domain reformulation for image models)')
+@click.option('--method', type=click.Choice(list(METHODS)), default='art-rl', show_default=True,
+              help='; '.join(f'{name}: {text}' for name, text in METHODS.items()))
+@click.option('--preset', type=click.Choice(['auto'] + sorted(PRESETS)), default='auto', show_default=True,
+              help='ART-RL learner: paper (the paper\'s time-domain actor-critic, P1 App. C), images (the '
+                   'progress-domain learner, docs/art-rl.md), auto (paper for a one-dimensional model, else images)')
 @click.option('--iters', help='ART-RL iterations  [default: preset]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch', help='Trajectories per process per iteration  [default: preset]', metavar='INT',
               type=click.IntRange(min=1))
-@click.option('--lambda', 'lam', help='Policy variance lambda  [default: preset]', metavar='FLOAT',
+@click.option('--lambda', 'lam', help='Policy variance lambda (paper preset)  [default: 0.1]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True))
 @click.option('--lr', help='Adam learning rate of actor and critic  [default: preset]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True))
-@click.option('--gamma-lr', 'gamma_lr', help='Step of the gamma update (eq. 23)  [default: preset]', metavar='FLOAT',
-              type=click.FloatRange(min=0, min_open=True))
+@click.option('--gamma-lr', 'gamma_lr', help='Step of the gamma update, eq. 23 (paper preset)  [default: 1e-4]',
+              metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--seed', help='Random seed', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--snap', help='Iterations between snapshots', metavar='INT', type=click.IntRange(min=1), default=100,
               show_default=True)
@@ -61,41 +65,47 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
          trust_pickle: bool, **rl_options) -> None:
     """Learn timestep schedules for a network: ART-RL, training-free ART, or a peer method."""
     dist.init()
-    # ART-RL options given on the command line (named as ARTConfig fields) override the preset.
+    # ART-RL options given on the command line (named as fields of the learner's config) override the preset's.
     given = {key: value for key, value in rl_options.items() if value is not None
              and ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT}
     if resume:
-        run_dir, options = resume_options(resume, given, network)
+        run_dir, opts = resume_options(resume, given, network)
+        check_output_dir(run_dir, '--resume')
     else:
-        network = network or DEFAULT_NETWORK
-        rl = dict(PRESETS[preset], **dict(given, seed=rl_options['seed']))      # given options override the preset
-        ARTConfig(**dict(rl, steps=steps[0]))                     # validate before making a run directory
+        check_output_dir(outdir, '--outdir')
+    network = opts.network if resume else network or DEFAULT_NETWORK
+    net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)
+    if not resume:
+        chosen = auto_preset(net) if preset == 'auto' else preset
+        unknown = [key for key in given if key not in rl_option_names(chosen)]
+        if unknown:
+            flags = ', '.join(next(p.opts[0] for p in ctx.command.params if p.name == key) for key in unknown)
+            raise UserError(f'{flags}: not an option of the {chosen} preset'
+                            f'{" (chosen by --preset=auto for this network)" if preset == "auto" else ""}; '
+                            f'leave it out or pass another --preset')
+        rl = dict(given, seed=rl_options['seed'])
+        try:
+            rl_config(chosen, rl, steps[0])                        # validate before making a run directory
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         name = desc or f'{method}-{network_name(network)}'
         run_dir = next_run_dir(outdir, f'{name}-k{"_".join(map(str, steps))}'.replace('/', '_'))
-        options = dict(network=network, steps=steps, method=method, preset=preset, rl=rl, snap=snap,
-                       cf_samples=cf_samples, world_size=dist.get_world_size())
-    net = load_network(options['network'], device,
-                       loader=lambda spec: load_any_network(spec, trust_embedded_code=trust_pickle))
+        opts = RunOptions(network=network, steps=steps, method=method, preset=chosen, rl=rl, snap=snap,
+                          cf_samples=cf_samples, world_size=dist.get_world_size())
+    dist.barrier()                                  # every rank has named the run directory before rank 0 makes it
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
-        dnnlib.util.atomic_write(os.path.join(run_dir, 'training_options.json'),
-                                 lambda f: f.write((json.dumps(options, indent=2) + '\n').encode()))
+        dnnlib.util.atomic_write_json(os.path.join(run_dir, 'training_options.json'), dataclasses.asdict(opts))
     dist.barrier()
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a', should_flush=True) \
         if dist.get_rank() == 0 else None
     try:
         dist.print0(f'Run directory: {run_dir}')
-        paths = train_schedules(net, run_dir, options['steps'], options['method'], options, options['rl'],
-                                options['snap'], device, method_options=method_options(options))
+        paths = train_schedules(net, run_dir, opts, device)
         dist.print0('Done: ' + ', '.join(paths))
     finally:
         if logger is not None:
             logger.close()
-
-
-def method_options(options: dict) -> dict:
-    """Options of the non-RL schedule methods from the run's options."""
-    return dict(num_samples=options['cf_samples']) if options['method'] == 'closed-form' else {}
 
 
 def resume_options(run_dir: str, given: dict, network: Optional[str]) -> tuple:
@@ -106,12 +116,23 @@ def resume_options(run_dir: str, given: dict, network: Optional[str]) -> tuple:
             options = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f'--resume={run_dir}: cannot read {path} ({getattr(exc, "strerror", None) or exc})') from None
-    if network is not None and network != options['network']:
-        raise UserError(f'--resume: the run learned for {options["network"]}, not {network}')
+    try:
+        opts = RunOptions.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f'--resume={run_dir}: {path} does not hold the options of a train_art.py run ({exc}); '
+                        f'give the run directory train_art.py made') from None
+    if network is not None and network != opts.network:
+        raise UserError(f'--resume: the run learned for {opts.network}, not {network}')
+    try:
+        cfg = rl_config(opts.preset, opts.rl, opts.steps[0])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise UserError(f'--resume={run_dir}: the run\'s ART-RL options do not fit this version ({exc}); '
+                        f'start a new run') from None
     for key, value in given.items():
-        if options['rl'].get(key) != value:
-            raise UserError(f'--resume: {key}={value} differs from the run being resumed ({options["rl"].get(key)})')
-    return run_dir, options
+        if getattr(cfg, key, None) != value:
+            raise UserError(f'--resume: {key}={value} differs from the run being resumed '
+                            f'({getattr(cfg, key, "not an option of its preset")})')
+    return run_dir, opts
 
 
 if __name__ == '__main__':

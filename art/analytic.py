@@ -17,6 +17,7 @@ The PF-ODE in EDM form is dx/dsigma = f(x, sigma) = (x - D(x; sigma))/sigma.
 
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -24,8 +25,8 @@ import numpy as np
 import scipy.integrate
 import torch
 
+from dnnlib.util import UserError
 from edm import grids
-from edm.errors import UserError
 
 SigmaLike = Union[float, torch.Tensor]
 GAUSS1D_T = 3.0      # T = sigma_max of the paper's 1-D example.
@@ -173,6 +174,9 @@ def load_gmm(path: Union[str, Path]) -> GaussianMixtureModel:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key], dtype=np.float64) for key in ('mu', 'std', 'weight') if key in data}
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise AnalyticSpecError(f'{path}: the mixture npz is truncated or corrupt ({exc}); write it again with '
+                                f'numpy.savez (mu, std, weight)') from None
     except (OSError, ValueError) as exc:
         raise AnalyticSpecError(f'{path}: cannot read mixture npz ({exc})') from None
     missing = [key for key in ('mu', 'std', 'weight') if key not in arrays]
@@ -265,7 +269,7 @@ def gauss_w2(sigmas: Sequence[float], std: float, solver: str = 'euler', init: s
 # Reference PF-ODE solution for any analytic model.
 
 def reference_solution(net: AnalyticModel, x_T: torch.Tensor, sigma_T: Optional[float] = None, sigma_end: float = 0.0,
-                       rtol: float = 1e-11, atol: float = 1e-11, rho: float = 7.0) -> torch.Tensor:
+                       rtol: float = 1e-11, atol: float = 1e-11, rho: float = grids.RHO) -> torch.Tensor:
     """High-accuracy PF-ODE solution at sigma_end from x(sigma_T) = x_T (float64).
 
     DOP853 (scipy solve_ivp) integrates dx/dv = f(x, v^rho) rho v^(rho-1) in v = sigma^(1/rho), which is finite at

@@ -13,7 +13,6 @@ per seed set against `--ref` statistics (images quantised exactly as the PNGs of
 `--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation.
 """
 
-import json
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Union
@@ -23,33 +22,37 @@ import numpy as np
 import torch
 
 import dnnlib
+from dnnlib.util import UserError
 from art import metrics
-from art.methods import METHODS, ScheduleMaker
-from art.networks import load_network
-from art.schedules import Schedule, baseline_schedule, load_schedule
+from art.methods import MAKER_METHODS, ScheduleMaker
+from art.networks import load_network_spec
+from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
 from edm import grids
-from edm.errors import Command, UserError
-from edm.generate import int_list_callback
+from edm.cli import Command, check_output_file, int_list_callback, name_list_callback, parse_device
 from edm import fid
 from edm.images import to_uint8
-from edm.rng import StackedRandomGenerator
+from edm.rng import seed_latents
 from edm.sampler import nfe, sample
 
 
 class ScheduleSource:
     """One column of the benchmark: a baseline name, a schedule method (closed-form, direct, gits) or a schedule
-    file, resolved per K."""
+    file, resolved per K. A file is checked against the network at once (art.schedules.check_network_fit): `note`
+    says when it was made for another network."""
 
     def __init__(self, spec: str, net: torch.nn.Module, network: str, solver: str,
                  method_options: Optional[Dict[str, dict]] = None):
         self.spec = spec
         self.net = net
         self.maker = None
-        if spec in METHODS:
+        self.note: Optional[str] = None
+        if spec in MAKER_METHODS:
             self.maker = ScheduleMaker(spec, net, network, solver, (method_options or {}).get(spec))
         elif spec not in grids.DISCRETIZATIONS and not os.path.isfile(spec):
             raise UserError(f'--schedules: {spec!r} is neither a baseline ({", ".join(grids.DISCRETIZATIONS)}), '
-                            f'a method ({", ".join(METHODS)}), nor an existing schedule file')
+                            f'a method ({", ".join(MAKER_METHODS)}), nor an existing schedule file')
+        elif spec not in grids.DISCRETIZATIONS:
+            self.note = check_network_fit(load_schedule(spec), net, network, spec)
 
     @property
     def label(self) -> str:
@@ -70,11 +73,7 @@ class SeedSet:
 
     def __init__(self, net: torch.nn.Module, seeds: List[int], device: torch.device):
         self.net, self.seeds = net, seeds
-        rnd = StackedRandomGenerator(device, seeds)
-        self.latents = rnd.randn([len(seeds), net.img_channels, net.img_resolution, net.img_resolution], device=device)
-        self.labels = None
-        if net.label_dim:
-            self.labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[len(seeds)], device=device)]
+        self.latents, self.labels, _ = seed_latents(net, seeds, device)
         self._references: Dict[float, torch.Tensor] = {}
 
     def reference(self, sigma_T: float) -> torch.Tensor:
@@ -151,7 +150,7 @@ def format_table(rows: List[Dict]) -> str:
               callback=int_list_callback(1, 'steps'))
 @click.option('--schedules', help='Comma-separated baselines, methods (closed-form, direct, gits) or schedule files',
               metavar='LIST',
-              default='edm,uniform,logsnr,closed-form', show_default=True)
+              default='edm,uniform,logsnr,closed-form', show_default=True, callback=name_list_callback)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
 @click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
 @click.option('--num', help='Latents (images) per seed set', metavar='INT', type=click.IntRange(min=1), default=256,
@@ -167,28 +166,33 @@ def format_table(rows: List[Dict]) -> str:
               show_default=True)
 @click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
               type=click.IntRange(min=1), default=256, show_default=True)
-@click.option('--device', help='Device', default='cpu', show_default=True)
+@click.option('--device', help='Device', metavar='DEVICE', type=str, default='cpu', show_default=True,
+              callback=parse_device)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
 @click.option('--out', help='Write the rows as JSON here', metavar='JSON', type=str, default=None)
-def main(network: str, steps: List[int], schedules: str, solver: str, metric: str, num: int, repeats: int,
-         ref: Optional[str], detector: str, batch: int, seed: int, cf_samples: int, device: str, trust_pickle: bool,
+def main(network: str, steps: List[int], schedules: List[str], solver: str, metric: str, num: int, repeats: int,
+         ref: Optional[str], detector: str, batch: int, seed: int, cf_samples: int, device: torch.device,
+         trust_pickle: bool,
          out: Optional[str]) -> None:
     """Compare schedules side by side on one network."""
-    device = torch.device(device)
-    net = load_network(network, device=device, trust_embedded_code=trust_pickle)
-    sources = [spec.strip() for spec in schedules.split(',') if spec.strip()]
-    if not sources:
-        raise UserError('--schedules is empty')
+    if not schedules:
+        raise UserError('--schedules is empty; give baselines, methods or schedule files')
     if metric == 'fid' and not ref:
         raise UserError('--metric=fid needs --ref (reference statistics made with fid.py ref)')
-    rows = run_bench(network, net, steps, sources, solver, metric, num, seed, device,
-                     method_options={'closed-form': dict(num_samples=cf_samples)}, repeats=repeats,
+    if out:
+        check_output_file(out, '--out')
+    net = load_network_spec(network, device=device, trust_embedded_code=trust_pickle)
+    method_options = {'closed-form': dict(num_samples=cf_samples)}
+    sources = [ScheduleSource(spec, net, network, solver, method_options) for spec in schedules]
+    for source in sources:
+        if source.note:
+            click.echo(f'Note: {source.note}.', err=True)
+    rows = run_bench(network, net, steps, sources, solver, metric, num, seed, device, repeats=repeats,
                      fid_options=dict(ref=ref, detector=detector, batch=batch))
     print(format_table(rows))
     if out:
-        text = json.dumps(dict(network=network, metric=metric, solver=solver, num=num, repeats=repeats, seed=seed,
-                               rows=rows), indent=1)
-        dnnlib.util.atomic_write(out, lambda f: f.write(text.encode()))
+        dnnlib.util.atomic_write_json(out, dict(network=network, metric=metric, solver=solver, num=num,
+                                                repeats=repeats, seed=seed, rows=rows), indent=1)
 
 
 if __name__ == '__main__':

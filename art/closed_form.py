@@ -1,4 +1,4 @@
-"""Training-free ART: the open-loop optimum of the ART objective (art-method.md §2 and §7 items 2 and 6).
+"""Training-free ART: the open-loop optimum of the ART objective (docs/method.md §5).
 
 For a time-only schedule the objective E int |Q| theta^2 dt (eq. 9) under the budget int theta dt = T (eq. 6) is
 minimised by theta ∝ qbar^(-1/2), qbar(sigma) = E|Q(x(sigma), sigma)| along the exact flow (Cauchy-Schwarz after
@@ -30,6 +30,7 @@ import torch
 from art.error_density import error_density, field, q_norm
 from art.schedules import Clock, Schedule, code_version
 from edm import grids
+from torch_utils.misc import module_device
 
 QBAR_FLOOR = 1e-12       # relative floor on qbar, so that Lambda is strictly increasing
 
@@ -46,15 +47,8 @@ class QbarEstimate:
     wall_seconds: float
 
 
-def _device(net) -> torch.device:
-    """The device of the network's first parameter or buffer (cpu if it has none)."""
-    for tensor in (*net.parameters(), *net.buffers()):
-        return tensor.device
-    return torch.device('cpu')
-
-
 def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min: Optional[float] = None,
-                  sigma_max: Optional[float] = None, rho: float = 7.0, batch_size: int = 64, seed: int = 0,
+                  sigma_max: Optional[float] = None, rho: float = grids.RHO, batch_size: int = 64, seed: int = 0,
                   mode: str = 'jvp') -> QbarEstimate:
     """qbar(sigma) = E|Q(x(sigma), sigma)| along Heun reference trajectories on a fine EDM grid (module docstring)."""
     if fine_steps < 2 or num_samples < 1 or batch_size < 1:
@@ -64,7 +58,7 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
     sigma_min = max(grids.EDM_SIGMA_MIN, net.sigma_min) if sigma_min is None else float(sigma_min)
     sigma = grids.edm_sigmas(fine_steps, sigma_min, sigma_max, rho)[:-1]
     sigma[0], sigma[-1] = sigma_max, sigma_min                      # exact ends ((T^(1/rho))^rho may miss T by 1 ulp)
-    device = _device(net)
+    device = module_device(net)
     generator = torch.Generator().manual_seed(seed)
     shape = (num_samples, net.img_channels, net.img_resolution, net.img_resolution)
     latents = torch.randn(shape, dtype=torch.float64, generator=generator)
@@ -90,7 +84,7 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
                         time.process_time() - cpu0, time.perf_counter() - wall0)
 
 
-def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = 7.0) -> Clock:
+def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = grids.RHO) -> Clock:
     """The clock uniform in Lambda(sigma) = int_0^sigma sqrt(qbar) (module docstring); sigma descending, positive."""
     sigma, qbar = np.asarray(sigma, dtype=np.float64), np.asarray(qbar, dtype=np.float64)
     root = np.sqrt(np.maximum(qbar, QBAR_FLOOR * qbar.max()))
@@ -106,7 +100,7 @@ def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = 7.0) -> Clock
 
 def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num_samples: int = 256,
                          fine_steps: int = 256, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
-                         rho: float = 7.0, batch_size: int = 64, seed: int = 0, mode: str = 'jvp') -> Schedule:
+                         rho: float = grids.RHO, batch_size: int = 64, seed: int = 0, mode: str = 'jvp') -> Schedule:
     """The training-free ART schedule for K = num_steps, with its continuous clock and cost in provenance."""
     est = estimate_qbar(net, num_samples, fine_steps, sigma_min, sigma_max, rho, batch_size, seed, mode)
     clock = lambda_clock(est.sigma, est.qbar, rho)

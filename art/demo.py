@@ -7,23 +7,24 @@ probability-flow ODE from the same latents (exact for analytic models). Writes `
 reference), the per-seed PNGs under `edm/` and `art/`, and `results.json`; prints the endpoint errors.
 """
 
-import json
 import os
 from typing import Dict, List
 
 import click
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFont
 import torch
 
+import dnnlib
 from art import metrics
+from art.analytic import AnalyticModel
 from art.closed_form import closed_form_schedule
-from art.networks import DEFAULT_NETWORK, load_network, shipped_schedule_path
+from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_path
 from art.schedules import Schedule, baseline_schedule, load_schedule
-from edm.errors import Command
-from edm.generate import parse_seeds
+from edm.cli import Command, parse_seeds
 from edm.images import image_grid, save_images, save_png
-from edm.rng import StackedRandomGenerator
+from edm.rng import seed_latents
 from edm.sampler import sample
 
 
@@ -35,15 +36,32 @@ def art_schedule(network: str, net: torch.nn.Module, num_steps: int) -> Schedule
     return closed_form_schedule(net, num_steps, network=network)
 
 
-def labelled(image: PIL.Image.Image, text: str) -> PIL.Image.Image:
-    """The image with a caption strip above it."""
-    canvas = PIL.Image.new('RGB', (max(image.width, 8 * len(text)), image.height + 14), 'white')
-    canvas.paste(image.convert('RGB'), (0, 14))
-    PIL.ImageDraw.Draw(canvas).text((2, 1), text, fill='black')
+TILE = 96           # pixels per sample in the picture (small images are enlarged, nearest neighbour)
+FONT_SIZE = 16
+
+
+def enlarged(image: PIL.Image.Image, image_size: int) -> PIL.Image.Image:
+    """A grid of image_size-pixel samples scaled by an integer factor so that each sample is about TILE pixels."""
+    factor = max(1, round(TILE / image_size))
+    return image.resize((image.width * factor, image.height * factor), PIL.Image.Resampling.NEAREST)
+
+
+def labelled(image: PIL.Image.Image, lines: List[str]) -> PIL.Image.Image:
+    """The image under a caption of one or more lines; the panel is as wide as the longest line needs."""
+    font = PIL.ImageFont.load_default(size=FONT_SIZE)
+    draw = PIL.ImageDraw.Draw(PIL.Image.new('RGB', (1, 1)))
+    width = max(draw.textbbox((0, 0), line, font=font)[2] for line in lines) + 8
+    line_height = FONT_SIZE + 6
+    top = line_height * len(lines) + 4
+    canvas = PIL.Image.new('RGB', (max(image.width, width), image.height + top), 'white')
+    canvas.paste(image.convert('RGB'), (0, top))
+    draw = PIL.ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((4, 2 + i * line_height), line, fill='black', font=font)
     return canvas
 
 
-def side_by_side(panels: List[PIL.Image.Image], gap: int = 8) -> PIL.Image.Image:
+def side_by_side(panels: List[PIL.Image.Image], gap: int = 16) -> PIL.Image.Image:
     """Panels next to each other on a white background."""
     canvas = PIL.Image.new('RGB', (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)),
                            'white')
@@ -56,15 +74,13 @@ def side_by_side(panels: List[PIL.Image.Image], gap: int = 8) -> PIL.Image.Image
 
 def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str = 'euler') -> Dict:
     """Sample `seeds` with the ART schedule and EDM's grid; write the comparison; return the measured errors."""
-    net = load_network(network)
+    net = load_network_spec(network)
     schedules = {'edm': baseline_schedule('edm', num_steps, net=net), 'art': art_schedule(network, net, num_steps)}
-    rnd = StackedRandomGenerator('cpu', seeds)
-    latents = rnd.randn([len(seeds), net.img_channels, net.img_resolution, net.img_resolution])
-    labels = None
-    if net.label_dim:
-        labels = torch.eye(net.label_dim)[rnd.randint(net.label_dim, size=[len(seeds)])]
+    latents, labels, _ = seed_latents(net, seeds)
     sigma_T = float(schedules['edm'].sigmas[0])
     reference = metrics.reference_endpoints(net, latents, sigma_T, labels)
+    reference_name = ('exact ODE solution' if isinstance(net, AnalyticModel)
+                      else f'Heun, {metrics.REFERENCE_STEPS} steps')
     results, panels = {}, []
     for name, schedule in schedules.items():
         if float(schedule.sigmas[0]) != sigma_T:
@@ -72,14 +88,15 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
         x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
         save_images(x, seeds, os.path.join(outdir, name))
         results[name] = dict(method=schedule.method, sigmas=schedule.sigmas.tolist(), rms=metrics.rms_error(x, reference))
-        title = 'EDM rho=7' if name == 'edm' else f'ART ({schedule.method})'
-        panels.append(labelled(image_grid(x), f'{title} K={num_steps}: rms {results[name]["rms"]:.3f}'))
-    panels.append(labelled(image_grid(reference), 'reference (exact ODE)'))
-    os.makedirs(outdir, exist_ok=True)
+        title = "EDM's grid (rho=7)" if name == 'edm' else f'ART ({schedule.method})'
+        panels.append(labelled(enlarged(image_grid(x), net.img_resolution),
+                               [f'{title}, {solver} K={num_steps}', f'rms error {results[name]["rms"]:.3f}']))
+    panels.append(labelled(enlarged(image_grid(reference), net.img_resolution),
+                           ['reference: same latents', reference_name]))
     save_png(side_by_side(panels), os.path.join(outdir, 'comparison.png'))
-    summary = dict(network=network, steps=num_steps, solver=solver, seeds=seeds, results=results)
-    with open(os.path.join(outdir, 'results.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    summary = dict(network=network, steps=num_steps, solver=solver, seeds=seeds, reference=reference_name,
+                   results=results)
+    dnnlib.util.atomic_write_json(os.path.join(outdir, 'results.json'), summary, indent=1)
     return summary
 
 
@@ -95,8 +112,8 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
 def main(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str) -> None:
     """Compare the shipped ART schedule with EDM's grid on the default network."""
     summary = run_demo(network or DEFAULT_NETWORK, num_steps, outdir, seeds, solver)
-    print(f'{summary["network"]}, K={num_steps} ({solver}), {len(seeds)} seeds: rms endpoint error against the exact '
-          f'ODE solution of the same latents')
+    print(f'{summary["network"]}, K={num_steps} ({solver}), {len(seeds)} seeds: rms endpoint error against the '
+          f'reference solution of the same latents ({summary["reference"]})')
     for name, result in summary['results'].items():
         print(f'  {name:4s} ({result["method"]}): {result["rms"]:.4f}   sigmas {[round(s, 3) for s in result["sigmas"]]}')
     print(f'Wrote {os.path.join(outdir, "comparison.png")} and results.json')

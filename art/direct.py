@@ -40,40 +40,21 @@ analytic models it is an adaptive DOP853 solve whose CPU time is in reference_cp
 
 import math
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from art.analytic import AnalyticModel
+from art.latents import TRAIN_SEED_BASE, training_latents
 from art.metrics import REFERENCE_STEPS, reference_endpoints
 from art.schedules import Schedule, clock_from_grid, code_version
 from edm import grids
 from edm.grids import check_choice
-from edm.rng import StackedRandomGenerator
 from edm.sampler import nfe
+from torch_utils.misc import module_device
 
-RHO = 7.0
-TRAIN_SEED_BASE = 1_000_000      # training latents use seeds TRAIN_SEED_BASE + seed + i (benchmarks use 0..N-1)
 INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
-
-
-def net_device(net: torch.nn.Module) -> torch.device:
-    """The device of the network's first parameter or buffer (cpu if it has none)."""
-    for tensor in (*net.parameters(), *net.buffers()):
-        return tensor.device
-    return torch.device('cpu')
-
-
-def training_latents(net: torch.nn.Module, num: int, first_seed: int,
-                     device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Latents (float64) and one-hot labels (None if unconditional) from seeds first_seed.., drawn as art.bench does."""
-    rnd = StackedRandomGenerator(device, range(first_seed, first_seed + num))
-    latents = rnd.randn([num, net.img_channels, net.img_resolution, net.img_resolution], device=device)
-    labels = None
-    if net.label_dim:
-        labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[num], device=device)]
-    return latents.to(torch.float64), labels
 
 
 def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, class_labels: Optional[torch.Tensor],
@@ -96,16 +77,16 @@ def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, c
 
 def grid_from_logits(logits: torch.Tensor, sigma_max: float) -> torch.Tensor:
     """sigma_k = v_k^rho with v_k = v_0 (1 - cumsum(softmax(z))_k): strictly descending, sigma_max down to exactly 0."""
-    v0 = sigma_max ** (1 / RHO)
+    v0 = sigma_max ** (1 / grids.RHO)
     frac = torch.cumsum(torch.softmax(logits, dim=0), dim=0)[:-1]       # K-1 interior fractions in (0, 1)
-    interior = (v0 * (1 - frac)).clamp(min=0) ** RHO
+    interior = (v0 * (1 - frac)).clamp(min=0) ** grids.RHO
     ends = logits.new_tensor([sigma_max, 0.0])
     return torch.cat([ends[:1], interior, ends[1:]])
 
 
 def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
     """The logits z whose grid is `sigmas` (log of the v-increments; softmax is invariant to their shift)."""
-    v = np.asarray(sigmas, dtype=np.float64) ** (1 / RHO)
+    v = np.asarray(sigmas, dtype=np.float64) ** (1 / grids.RHO)
     return torch.from_numpy(np.log(v[:-1] - v[1:]))
 
 
@@ -117,13 +98,12 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
     check_choice('init', init, grids.DISCRETIZATIONS)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    grids.check_num_steps(num_steps)
     if num_latents < 1 or iters < 0 or not lr > 0 or batch_size < 1:
         raise ValueError(f'need num_latents >= 1, iters >= 0, lr > 0 and batch_size >= 1, got {num_latents}, {iters}, '
                          f'{lr}, {batch_size}')
     sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
-    device = net_device(net)
+    device = module_device(net)
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     first_seed = TRAIN_SEED_BASE + seed
@@ -197,7 +177,7 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
         'method_source': 'LD3 (Tong et al. 2024, Learning to Discretize Denoising Diffusion ODEs), plain squared error',
         'objective': 'mean over training latents of |x_K - x_ref|^2, x_ref the reference PF-ODE endpoint '
                      '(art.metrics.reference_endpoints) of the same latents',
-        'parametrisation': f'sigma^(1/{RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
+        'parametrisation': f'sigma^(1/{grids.RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
         'init': {'discretization': init, 'candidates_training_rms': {k: math.sqrt(v[0]) for k, v in starts.items()},
                  'rule': 'start from the candidate grid with the lowest training rms', 'start': start_name,
                  'sigmas': grid_from_logits(starts[start_name][1], sigma_max).tolist()},

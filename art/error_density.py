@@ -1,7 +1,7 @@
 """The PF-ODE field f and the error density Q of ART [paper v1, eqs. 7-8].
 
 In EDM form the PF-ODE is dx/dsigma = f(x, sigma) = (x - D(x; sigma))/sigma. The paper's backward field in psi-time
-(psi = T - sigma, art-method.md 1.2) is F(x, psi) = -f(x, T - psi), and its Euler local-error density (eqs. 7-8) is the
+(psi = T - sigma, docs/method.md §2) is F(x, psi) = -f(x, T - psi), and its Euler local-error density (eqs. 7-8) is the
 total derivative of F along the flow, Q = (grad_x F) F + d_psi F. Substituting F = -f and d/dpsi = -d/dsigma:
 
     Q = d/de F(x + e F, psi + e) |_{e=0} = d/de [-f(x - e f, sigma - e)] |_{e=0} = (J_x f) f + d_sigma f,

@@ -25,10 +25,11 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from art.direct import TRAIN_SEED_BASE, net_device, training_latents
+from art.latents import TRAIN_SEED_BASE, training_latents
 from art.schedules import Schedule, clock_from_grid, code_version
 from edm import grids
 from edm.grids import check_choice
+from torch_utils.misc import module_device
 
 
 
@@ -119,15 +120,14 @@ def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] =
                   fine_steps: int = 100, num_latents: int = 256, seed: int = 0, sigma_max: Optional[float] = None,
                   batch_size: int = 64) -> Schedule:
     """GITS grid: the K-jump subsequence of a fine teacher grid with the least accumulated one-step deviation."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    grids.check_num_steps(num_steps)
     if fine_steps < num_steps or num_latents < 1 or batch_size < 1:
         raise ValueError(f'need fine_steps >= K = {num_steps}, num_latents >= 1 and batch_size >= 1, got '
                          f'{fine_steps}, {num_latents}, {batch_size}')
     cpu0, wall0 = time.process_time(), time.perf_counter()
     fine = teacher_grid(net, fine_steps, sigma_max)
     first_seed = TRAIN_SEED_BASE + seed
-    latents, labels = training_latents(net, num_latents, first_seed, net_device(net))
+    latents, labels = training_latents(net, num_latents, first_seed, module_device(net))
     cost, evals = jump_costs(net, fine, latents, labels, solver, batch_size)
     path, total = min_cost_path(cost, int(num_steps))
     sigmas = fine[path]

@@ -1,8 +1,7 @@
-"""The schedule methods by name, for any K: the training-free ART optimum and the peer baselines.
+"""The schedule methods by name (the one registry: train_art.py --method, art.bench, art.report) and the maker of the
+methods that need no run directory, for any K.
 
-`closed-form` (training-free ART, art/closed_form.py), `direct` (LD3-style direct optimisation of the grid,
-art/direct.py) and `gits` (GITS-style dynamic programming over a teacher grid, art/gits.py). ART-RL, which needs a
-run directory and snapshots, lives in art/train.py.
+ART-RL learns in a run directory with resumable snapshots (art/train.py); the others are made in one call.
 """
 
 from typing import Dict, Optional
@@ -14,7 +13,13 @@ from art.direct import direct_schedule
 from art.gits import gits_schedule
 from art.schedules import Schedule
 
-METHODS = ('closed-form', 'direct', 'gits')
+METHODS = {
+    'art-rl': 'ART-RL: the paper\'s actor-critic or the progress-domain learner (art/rl_time.py, art/rl_progress.py)',
+    'closed-form': 'training-free ART: the open-loop optimum of the same objective (art/closed_form.py)',
+    'direct': 'LD3-style: the grid optimised through the sampler against reference endpoints (art/direct.py)',
+    'gits': 'GITS-style: dynamic programming over a fine teacher grid (art/gits.py)',
+}
+MAKER_METHODS = tuple(name for name in METHODS if name != 'art-rl')   # made by ScheduleMaker, no run directory
 
 
 class ScheduleMaker:
@@ -23,8 +28,8 @@ class ScheduleMaker:
 
     def __init__(self, method: str, net: torch.nn.Module, network: Optional[str], solver: str = 'euler',
                  options: Optional[dict] = None):
-        if method not in METHODS:
-            raise ValueError(f'unknown schedule method {method!r}; expected one of {", ".join(METHODS)}')
+        if method not in MAKER_METHODS:
+            raise ValueError(f'unknown schedule method {method!r}; expected one of {", ".join(MAKER_METHODS)}')
         self.method, self.net, self.network, self.solver = method, net, network, solver
         self.options = dict(options or {})
         self.warm_start = self.options.pop('warm_start', [])        # direct: makers whose grids are candidate starts

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from art.analytic import load_analytic
-from edm.errors import UserError
+from dnnlib.util import UserError
 from edm.loading import load_network_pkl
 
 ASSETS = Path(__file__).resolve().parents[1] / 'assets'
@@ -26,7 +26,7 @@ class NetworkSpecError(UserError, ValueError):
     """A network spec that names nothing loadable; the message is one line."""
 
 
-def load_network(spec: str, device: str = 'cpu', trust_embedded_code: bool = False) -> torch.nn.Module:
+def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool = False) -> torch.nn.Module:
     """'analytic:...' -> exact model; otherwise a pickle path or URL -> its 'ema' network (eval, frozen, on device).
 
     Pickles are read by edm.loading.load_network_pkl (safe unless trust_embedded_code), whose errors are UserErrors.

@@ -72,11 +72,6 @@ def parse_export(text: str, fmt: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Atomic writes.
 
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """Write text (UTF-8) to path atomically."""
-    return Path(dnnlib.util.atomic_write(path, lambda fh: fh.write(text.encode('utf-8'))))
-
-
 def _save_figure(fig, path: PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt

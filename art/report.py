@@ -13,7 +13,6 @@ schedules, and a gap table gives ART-RL's ratio to direct (the limit on analytic
 EDM. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
 """
 
-import json
 import os
 import platform
 from typing import Dict, List, Optional
@@ -22,15 +21,15 @@ import click
 import torch
 
 import dnnlib
+from dnnlib.util import UserError
 from art.analytic import GaussianMixtureModel, load_analytic, write_random_gmm
 from art.bench import ScheduleSource, format_table, run_bench
-from art.methods import METHODS
+from art.methods import MAKER_METHODS
 from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
 from art.schedules import code_version
 from edm import fid
-from edm.errors import Command, UserError
-from edm.generate import int_list_callback
+from edm.cli import Command, int_list_callback
 from edm.images import to_uint8
 
 BASELINES = ['edm', 'uniform', 'logsnr']
@@ -93,7 +92,7 @@ def columns(network: str, net: torch.nn.Module, solver: str, art_rl: List[str], 
     warm = [sources['closed-form'].maker, sources['gits'].maker]
     sources['direct'] = ScheduleSource('direct', net, network, solver,
                                        dict(direct=dict(num_latents=direct_latents, warm_start=warm)))
-    return [sources[spec] for spec in BASELINES + list(METHODS)] + \
+    return [sources[spec] for spec in BASELINES + list(MAKER_METHODS)] + \
         [ScheduleSource(spec, net, network, solver) for spec in art_rl]
 
 
@@ -132,9 +131,9 @@ def write_report(outdir: str, results: List[Dict], version: str) -> str:
             lines += ['ART-RL relative to direct (the limit), the closed form and EDM (ratio of the values above):', '',
                       result['gaps'], '']
     text = '\n'.join(lines)
-    dnnlib.util.atomic_write(os.path.join(outdir, 'report.md'), lambda f: f.write(text.encode()))
+    dnnlib.util.atomic_write_text(os.path.join(outdir, 'report.md'), text)
     rows = [dict(setting=r['name'], **row) for r in results for row in r['rows']]
-    dnnlib.util.atomic_write(os.path.join(outdir, 'rows.json'), lambda f: f.write(json.dumps(rows, indent=1).encode()))
+    dnnlib.util.atomic_write_json(os.path.join(outdir, 'rows.json'), rows, indent=1)
     return text
 
 

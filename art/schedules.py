@@ -11,7 +11,7 @@ The clock is sigma against normalised clock time u in [0, 1]; a grid for any K i
 
 Resampling to another K (``Schedule.resample``):
 - with a clock: monotone PCHIP interpolation of sigma^(1/7) (finite at sigma = 0) against u, evaluated at u = i/K;
-- without one, the paper's "log-linear interpolation" [paper v1 §5.3.1], in the reading of art-method.md §8 item 8:
+- without one, the paper's "log-linear interpolation" [paper v1 §5.3.1], in the reading of docs/method.md §8:
   log sigma of the K positive levels is interpolated linearly against the normalised index i/(K-1), evaluated at
   j/(K'-1) for j < K', and 0 is appended. Both endpoints sigma_0 and sigma_{K-1} are kept.
 """
@@ -27,12 +27,12 @@ import numpy as np
 import scipy.interpolate
 
 import dnnlib
+from dnnlib.util import UserError
+from art.networks import network_name
 from edm import grids
-from edm.errors import UserError
 
 FORMAT = 'edm-art-schedule'
 VERSION = 1
-CLOCK_RHO = 7.0          # resampling variable sigma^(1/CLOCK_RHO)
 PathLike = Union[str, Path]
 
 
@@ -41,7 +41,7 @@ class ScheduleError(UserError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Time change (art-method.md 1.3).
+# Time change (docs/method.md §2).
 
 def theta_from_grid(sigmas: Sequence[float]) -> np.ndarray:
     """Clock speeds theta_k = (psi_{k+1} - psi_k)/dt of a grid, dt = T/K, psi = T - sigma, T = sigma_0 (eq. 4)."""
@@ -130,9 +130,9 @@ class Clock:
 
     def grid(self, num_steps: int) -> np.ndarray:
         """The K+1 grid at u = i/K: monotone PCHIP of sigma^(1/7) against u, then back to sigma."""
-        v_of_u = scipy.interpolate.PchipInterpolator(self.u, self.sigma ** (1 / CLOCK_RHO))
+        v_of_u = scipy.interpolate.PchipInterpolator(self.u, self.sigma ** (1 / grids.RHO))
         v = v_of_u(np.arange(num_steps + 1) / num_steps)
-        sigmas = np.maximum(v, 0.0) ** CLOCK_RHO
+        sigmas = np.maximum(v, 0.0) ** grids.RHO
         sigmas[0], sigmas[-1] = self.sigma[0], 0.0
         return sigmas
 
@@ -144,7 +144,7 @@ def clock_from_grid(sigmas: Sequence[float]) -> Clock:
 
 
 def resample_loglinear(sigmas: Sequence[float], num_steps: int) -> np.ndarray:
-    """The paper's log-linear transfer (art-method.md §8 item 8): log sigma of positive levels linear in i/(K-1)."""
+    """The paper's log-linear transfer (docs/method.md §8): log sigma of positive levels linear in i/(K-1)."""
     sigmas = validate_grid(sigmas)
     positive = sigmas[:-1]
     if num_steps == len(positive):
@@ -232,12 +232,11 @@ class Schedule:
 
     def resample(self, num_steps: int) -> 'Schedule':
         """The schedule at another K (clock if present, else log-linear); provenance records it, metrics move there."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-            raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+        grids.check_num_steps(num_steps)
         if num_steps == self.num_steps:
             return dataclasses.replace(self, sigmas=self.sigmas.copy())
         if self.clock is not None:
-            sigmas, rule = self.clock.grid(num_steps), f'clock: PCHIP of sigma^(1/{CLOCK_RHO:g}) at u = i/K'
+            sigmas, rule = self.clock.grid(num_steps), f'clock: PCHIP of sigma^(1/{grids.RHO:g}) at u = i/K'
         else:
             sigmas, rule = resample_loglinear(self.sigmas, num_steps), 'log-linear: log sigma against i/(K-1), then 0'
         provenance = dict(self.provenance, resampled={'from_steps': self.num_steps, 'to_steps': int(num_steps),
@@ -248,7 +247,7 @@ class Schedule:
 def save_schedule(schedule: Schedule, path: PathLike) -> Path:
     """Write the schedule file atomically (temporary file in the same folder, then os.replace)."""
     text = json.dumps(schedule.to_dict(), indent=2, allow_nan=False) + '\n'
-    return Path(dnnlib.util.atomic_write(path, lambda f: f.write(text.encode())))
+    return Path(dnnlib.util.atomic_write_text(path, text))
 
 
 def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: bool = False) -> Schedule:
@@ -271,6 +270,37 @@ def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: boo
         return schedule.resample(num_steps)
     except ValueError as exc:
         raise ScheduleError(f'{path}: cannot resample to {num_steps} steps: {exc}') from None
+
+
+def _same_network(a: str, b: str) -> bool:
+    """Whether two network specs name one network: an analytic Gaussian by its whole spec, a pickle or mixture by its
+    file name (a schedule records the path as it was given where it was made, relative or absolute)."""
+    def key(spec: str) -> str:
+        return spec if spec.startswith('analytic:') and not spec.startswith('analytic:gmm:') else network_name(spec)
+    return key(a) == key(b)
+
+
+def check_network_fit(schedule: Schedule, net: Any, network: str, source: str) -> Optional[str]:
+    """Check that a schedule file suits the network it is about to drive; returns a note for the user, or None.
+
+    Rules:
+    - Refused (ScheduleError): a schedule starting above the network's highest noise level, sigma_0 > net.sigma_max
+      (beyond a relative 1e-6 of round-off). Its first steps would query the network where it has no defined
+      behaviour and the samples would start from more noise than the network's prior, e.g. a grid made for EDM's
+      sigma_max = 80 on analytic:gauss1d, whose T = 3. EDM pickles have sigma_max = inf: no bound.
+    - A note: the provenance records another network than `network`. The grid is still valid there, but it was
+      optimised for the other one. Files without a recorded network (baselines, hand-written grids) get no note.
+    """
+    sigma_max = float(getattr(net, 'sigma_max', math.inf))
+    if schedule.sigmas[0] > sigma_max * (1 + 1e-6):
+        raise ScheduleError(f'{source}: the schedule starts at sigma = {schedule.sigmas[0]:g}, above the network\'s '
+                            f'highest noise level {sigma_max:g}; use a schedule made for this network '
+                            f'(train_art.py --network={network}) or a baseline name')
+    made_for = schedule.provenance.get('network')
+    if isinstance(made_for, str) and not _same_network(made_for, network):
+        return (f'{source} was made for {made_for}, not {network}: it is a valid grid here, but optimised for the '
+                f'other network')
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,34 +6,87 @@ statistics, timing), a snapshot per learner (the learner's whole state, written 
 one file per rank under torchrun), the final `schedule-k<K>.json` per K and `schedules.png` (the schedules against
 EDM's grid).  The paper's per-K training has one learner per K (`snapshot-k<K>.pt`); with a fine training grid
 (`train_steps`, the images preset) one learner learns the continuous clock (`snapshot-clock.pt`) and every K's grid
-is read off it.
+is read off it.  A preset names the ART-RL learner (`PRESETS`); `auto_preset` picks one for a network.
 
 A run stopped at any point (kill -9 included) and resumed with `resume=<run dir>` continues from the last snapshot
 and ends with the same schedule as an uninterrupted run: the learner's randomness is a function of (seed, iteration).
 """
 
+import dataclasses
 import glob
 import json
 import os
 import re
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import tqdm
 
 import dnnlib
+from dnnlib.util import UserError
 
 from art.analytic import GaussianModel
-from art.methods import METHODS as MAKER_METHODS, ScheduleMaker
+from art.methods import ScheduleMaker
 from art.metrics import exact_w2
-from art.rl import ARTConfig, ARTDivergence, ARTLearner
+from art.rl import ARTDivergence, Learner, LearnerConfig
+from art.rl_progress import ProgressLearner
+from art.rl_time import TimeLearner
 from art.plots import plot_schedules
 from art.schedules import Clock, Schedule, baseline_schedule, code_version, load_schedule, save_schedule
-from edm.errors import UserError
 from torch_utils import distributed as dist
 
-METHODS = ('art-rl',) + MAKER_METHODS
+# The ART-RL presets: each names a learner, whose config's defaults are the preset's settings (docs/art-rl.md §4).
+PRESETS = {'paper': TimeLearner, 'images': ProgressLearner}
+
+
+def auto_preset(net: torch.nn.Module) -> str:
+    """'paper' for a one-dimensional model (the paper's 1-D example), 'images' for anything larger: the paper's form
+    learns nothing on image-shaped models (docs/art-rl.md §1)."""
+    return 'paper' if net.img_channels * net.img_resolution ** 2 == 1 else 'images'
+
+
+def rl_option_names(preset: str) -> set:
+    """The ART-RL options of the preset's learner (the field names of its config)."""
+    return {field.name for field in dataclasses.fields(PRESETS[preset].Config)}
+
+
+def rl_config(preset: str, rl: dict, num_steps: int) -> LearnerConfig:
+    """The config of the preset's learner for K = num_steps with the run's ART-RL options `rl` (config field names);
+    ValueError names an option the learner does not have, or a bad value."""
+    unknown = sorted(set(rl) - rl_option_names(preset))
+    if unknown:
+        raise ValueError(f'the {preset} preset has no option {", ".join(unknown)}')
+    return PRESETS[preset].Config(**dict(rl, steps=num_steps))
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What a run learns: written to training_options.json, read back by a resume, recorded in every schedule."""
+    network: str                 # pickle path/URL or analytic spec
+    steps: List[int]             # the budgets K
+    method: str                  # a name of art/methods.py METHODS
+    preset: str                  # the ART-RL learner (a key of PRESETS), resolved from 'auto'
+    rl: Dict[str, Any]           # ART-RL options given on the command line (config field names), seed included
+    snap: int                    # iterations between snapshots
+    cf_samples: int              # trajectories of the closed form's estimate of E|Q|
+    world_size: int              # processes of the run
+
+    @classmethod
+    def from_dict(cls, data: Any) -> 'RunOptions':
+        """Options read from training_options.json; ValueError when they are not a run's options."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            raise ValueError(f'expected a JSON object with the keys {", ".join(names)}')
+        opts = cls(**data)
+        if not (isinstance(opts.network, str) and isinstance(opts.rl, dict) and isinstance(opts.steps, list)
+                and opts.steps and all(isinstance(k, int) and k >= 1 for k in opts.steps)):
+            raise ValueError('network must be a string, steps a non-empty list of integers >= 1, rl an object')
+        return opts
+
+    def method_options(self) -> dict:
+        """Options of the schedule maker of a non-RL method."""
+        return dict(num_samples=self.cf_samples) if self.method == 'closed-form' else {}
 
 
 def next_run_dir(outdir: str, desc: str) -> str:
@@ -66,7 +119,7 @@ class StatsLog:
         with open(self.path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         keep = [row for row in rows if row['learner'] != tag or row['iteration'] <= iteration]
-        dnnlib.util.atomic_write(self.path, lambda f: f.write(''.join(json.dumps(r) + '\n' for r in keep).encode()))
+        dnnlib.util.atomic_write_text(self.path, ''.join(json.dumps(r) + '\n' for r in keep))
 
     def append(self, row: dict) -> None:
         """Add one row."""
@@ -75,26 +128,26 @@ class StatsLog:
                 f.write(json.dumps(row) + '\n')
 
 
-def finish_schedule(schedule: Schedule, net: torch.nn.Module, options: dict) -> Schedule:
+def finish_schedule(schedule: Schedule, net: torch.nn.Module, opts: RunOptions) -> Schedule:
     """Add the run's options and the exactly computable metrics (W2 for Gaussian models) to a schedule."""
-    schedule.provenance.setdefault('network', options['network'])
-    schedule.provenance['run_options'] = options
+    schedule.provenance.setdefault('network', opts.network)
+    schedule.provenance['run_options'] = dataclasses.asdict(opts)
     if isinstance(net, GaussianModel):
         schedule.metrics[f'w2_{schedule.solver or "euler"}_exact'] = exact_w2(net, schedule.sigmas, schedule.solver or 'euler')
     return schedule
 
 
 def mean_over_ranks(v: torch.Tensor) -> torch.Tensor:
-    """The mean of a tensor over all processes (the reduce hook of ARTLearner)."""
+    """The mean of a tensor over all processes (the reduce hook of a Learner)."""
     torch.distributed.all_reduce(v)
     return v / dist.get_world_size()
 
 
-def run_learner(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, tag: str, snap: int, device: torch.device,
-                progress: bool = True) -> tuple:
-    """Run (or continue from its snapshot) one ART-RL learner to cfg.iters; returns it and its cost."""
+def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: str, tag: str, snap: int,
+                device: torch.device, progress: bool = True) -> tuple:
+    """Run (or continue from its snapshot) the preset's ART-RL learner to cfg.iters; returns it and its cost."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    learner = ARTLearner(net, cfg, rank=rank, device=device, reduce=mean_over_ranks if world > 1 else None)
+    learner = PRESETS[preset](net, cfg, rank=rank, device=device, reduce=mean_over_ranks if world > 1 else None)
     snapshot = snapshot_path(run_dir, tag, rank)
     stats_log = StatsLog(run_dir, enabled=(rank == 0))
     if os.path.exists(snapshot):
@@ -133,31 +186,31 @@ def run_learner(net: torch.nn.Module, cfg: ARTConfig, run_dir: str, tag: str, sn
     return learner, cost
 
 
-def learned_schedule(learner: ARTLearner, num_steps: int, options: dict, cost: dict) -> Schedule:
+def learned_schedule(learner: Learner, num_steps: int, opts: RunOptions, cost: dict) -> Schedule:
     """The schedule for K = num_steps distilled from a trained learner, with its provenance."""
     cfg, world = learner.cfg, dist.get_world_size()
     out = learner.distill(num_steps)
-    provenance = dict(network=options['network'], solver='euler', num_steps_trained=cfg.train_steps or cfg.steps,
-                      iterations=cfg.iters, trajectories_per_iteration=cfg.batch * world, lam=cfg.lam, seed=cfg.seed,
-                      processes=world, config=cfg.to_dict(), code_version=code_version(), cost=cost,
-                      final=dict(gamma=learner.gamma))
+    provenance = dict(network=opts.network, solver='euler', preset=opts.preset,
+                      num_steps_trained=cfg.grid_steps, iterations=cfg.iters,
+                      trajectories_per_iteration=cfg.batch * world, seed=cfg.seed, processes=world,
+                      config=cfg.to_dict(), code_version=code_version(), cost=cost, final=dict(gamma=learner.gamma))
     return Schedule('art-rl', out['sigmas'], solver='euler', clock=Clock(out['clock']['u'], out['clock']['sigma']),
                     provenance=provenance)
 
 
-def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method: str, options: dict,
-                    rl_overrides: Dict, snap: int, device: torch.device, method_options: Optional[dict] = None,
+def train_schedules(net: torch.nn.Module, run_dir: str, opts: RunOptions, device: torch.device,
                     progress: bool = True) -> List[str]:
-    """Learn one schedule per K into run_dir (skipping K whose schedule file exists); returns the files.
+    """Learn one schedule per K of opts.steps into run_dir (skipping K whose schedule file exists); returns the files.
 
-    method_options go to the maker of a non-RL method (art/methods.py), e.g. num_samples for the closed form.
+    ART-RL uses the learner of opts.preset with the options opts.rl; a non-RL method is made by its ScheduleMaker.
     """
     paths, learner = [], None
-    maker = None if method == 'art-rl' else ScheduleMaker(method, net, options['network'], 'euler', method_options)
+    maker = None if opts.method == 'art-rl' else ScheduleMaker(opts.method, net, opts.network, 'euler',
+                                                                opts.method_options())
     if dist.get_rank() == 0:                       # temporary files of writes interrupted by a kill
         for stale in glob.glob(os.path.join(run_dir, '.*.tmp')):
             os.remove(stale)
-    for num_steps in steps:
+    for num_steps in opts.steps:
         path = schedule_path(run_dir, num_steps)
         paths.append(path)
         if os.path.exists(path):
@@ -166,14 +219,15 @@ def train_schedules(net: torch.nn.Module, run_dir: str, steps: List[int], method
         if maker is not None:
             schedule = maker(num_steps)
         else:
-            cfg = ARTConfig(**dict(rl_overrides, steps=num_steps))
+            cfg = rl_config(opts.preset, opts.rl, num_steps)
             if cfg.train_steps is None:                    # per-K training on the K-step grid (the paper)
-                learner, cost = run_learner(net, cfg, run_dir, f'k{num_steps}', snap, device, progress)
+                learner, cost = run_learner(net, opts.preset, cfg, run_dir, f'k{num_steps}', opts.snap, device,
+                                            progress)
             elif learner is None:                          # one clock on the fine grid serves every K
-                learner, cost = run_learner(net, ARTConfig(**dict(rl_overrides, steps=steps[0])), run_dir, 'clock',
-                                            snap, device, progress)
-            schedule = learned_schedule(learner, num_steps, options, cost)
-        schedule = finish_schedule(schedule, net, options)
+                learner, cost = run_learner(net, opts.preset, rl_config(opts.preset, opts.rl, opts.steps[0]), run_dir,
+                                            'clock', opts.snap, device, progress)
+            schedule = learned_schedule(learner, num_steps, opts, cost)
+        schedule = finish_schedule(schedule, net, opts)
         if dist.get_rank() == 0:
             save_schedule(schedule, path)
             dist.print0(f'K={num_steps}: wrote {path}: sigmas {[round(float(s), 4) for s in schedule.sigmas]}'

@@ -9,6 +9,7 @@ import glob
 import hashlib
 import importlib
 import io
+import json
 import os
 import re
 import sys
@@ -20,6 +21,14 @@ from typing import IO, Any, Callable, List, Optional, Tuple, Union
 
 # ----------------------------------------------------------------------------------------------------------------------
 # EasyDict.
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, option value, file); the message says what is wrong and what to do.
+
+    Command lines print it as one line and exit non-zero. It lives here, on the ground floor, so that `training/`
+    and `torch_utils/` can raise it without importing the packages above them.
+    """
 
 
 class EasyDict(dict):
@@ -323,7 +332,8 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 10, 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> str:
     """Call write(binary file) on a temporary file beside `path` (folders created), then rename it onto `path`:
-    readers see the old file or the complete new one, never a half-written one. Returns `path`."""
+    readers see the old file or the complete new one, never a half-written one. The file gets the mode a plain
+    open() would give it (0666 less the umask), not mkstemp's 0600. Returns `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -333,8 +343,26 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> str:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_write_text(path: str, text: str) -> str:
+    """atomic_write of a UTF-8 text."""
+    return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def atomic_write_json(path: str, obj: Any, indent: Optional[int] = 2) -> str:
+    """atomic_write of obj as JSON text (with a final newline)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + '\n')
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

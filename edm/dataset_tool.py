@@ -1,4 +1,4 @@
-"""Convert image folders, zips, CIFAR-10 and MNIST-format files into an EDM dataset (edm-interface.md 6.4).
+"""Convert image folders, zips, CIFAR-10 and MNIST-format files into an EDM dataset (docs/edm-compat.md §7.4).
 
 `python -m edm.dataset_tool --source=SRC --dest=DEST.zip [--max-images=N] [--resolution=WxH] [--transform=...]`
 The destination is an uncompressed zip (or a folder) of uncompressed PNGs `{k:08d}[:5]/img{k:08d}.png` plus
@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -19,7 +20,8 @@ import click
 import numpy as np
 import PIL.Image
 
-from edm.errors import Command, UserError
+from dnnlib.util import UserError
+from edm.cli import Command, check_output_dir, check_output_file
 
 IMAGE_EXTENSIONS = {'.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp'}
 Item = Tuple[np.ndarray, Any]  # (HWC or HW uint8 image, label or None)
@@ -211,25 +213,35 @@ def open_dataset(source: str, max_images: Optional[int], native_mnist: bool = Fa
     raise UserError(f'source {source!r} does not exist')
 
 
+def _is_zip(dest: str) -> bool:
+    return os.path.splitext(dest)[1].lower() == '.zip'
+
+
+def check_dest(dest: str) -> None:
+    """UserError unless dest can be written: a .zip file path, or a new or empty folder (checked before reading)."""
+    if _is_zip(dest):
+        check_output_file(dest, '--dest')
+    else:
+        check_output_dir(dest, '--dest')
+        if os.path.isdir(dest) and os.listdir(dest):
+            raise UserError(f'--dest folder {dest!r} must be empty')
+
+
 class _Writer:
-    """Writes files into a zip (written to a temporary file, renamed at close) or into a new folder."""
+    """Writes files into a zip (written to a temporary file, renamed at close) or into a new or empty folder (whose
+    contents are removed again on abort)."""
 
     def __init__(self, dest: str):
         self.dest = dest
-        self.is_zip = os.path.splitext(dest)[1].lower() == '.zip'
+        self.is_zip = _is_zip(dest)
         parent = os.path.dirname(os.path.abspath(dest))
         if self.is_zip:
-            if os.path.isdir(dest):
-                raise UserError(f'--dest {dest!r} is a folder, not a zip file')
             os.makedirs(parent, exist_ok=True)
             fd, self.tmp = tempfile.mkstemp(prefix='.dataset_tool-', suffix='.zip', dir=parent)
             os.close(fd)
             self.zf: Optional[zipfile.ZipFile] = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
         else:
-            if os.path.isdir(dest) and len(os.listdir(dest)) != 0:
-                raise UserError(f'--dest folder {dest!r} must be empty')
-            if os.path.exists(dest) and not os.path.isdir(dest):
-                raise UserError(f'--dest {dest!r} exists and is not a folder')
+            self.made_folder = not os.path.isdir(dest)
             os.makedirs(dest, exist_ok=True)
             self.zf = None
 
@@ -252,14 +264,22 @@ class _Writer:
             self.zf.close()
             if os.path.exists(self.tmp):
                 os.remove(self.tmp)
+        elif self.made_folder:
+            shutil.rmtree(self.dest, ignore_errors=True)
+        else:   # the folder was empty: everything in it is ours
+            for name in os.listdir(self.dest):
+                path = os.path.join(self.dest, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
 
 
 def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, transform: Optional[str] = None,
                     resolution: Optional[Tuple[int, int]] = None, progress: bool = True) -> int:
     """Convert source into dest; returns the number of images written."""
     PIL.Image.init()
-    if dest == '':
-        raise UserError('--dest output filename or directory must not be an empty string')
+    check_dest(dest)
     num_files, items = open_dataset(source, max_images, native_mnist=resolution == (28, 28))
     if num_files == 0:
         raise UserError(f'no images found in {source!r}')
@@ -310,9 +330,12 @@ def _parse_resolution(ctx: click.Context, param: click.Parameter, value: Optiona
     if value is None:
         return None
     try:
-        return parse_tuple(value)
+        width, height = parse_tuple(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if width < 1 or height < 1:
+        raise click.BadParameter(f'{value!r}: width and height must be positive, e.g. 32x32')
+    return width, height
 
 
 @click.command(cls=Command)

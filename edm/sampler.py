@@ -1,8 +1,17 @@
-"""One sampler for every grid: Euler/Heun with churn, EDM's ablation schedules and scalings (edm-interface.md 2.5-2.6).
+"""One sampler for every grid: Euler/Heun/RK4/DPM-Solver++(2M) with churn, EDM's ablation schedules and scalings
+(docs/edm-compat.md §3).
 
 `sample` integrates the probability-flow ODE (plus optional churn) over an explicit noise-level grid. `edm_sampler` and
 `ablation_sampler` keep upstream's signatures: they only build the grid and call `sample`. With the linear schedule and
 no scaling the arithmetic is that of upstream's `edm_sampler` operation for operation, so results are bit-identical.
+
+Solvers (one step from t to t_next = t + h; the step that reaches sigma = 0 is first order for all of them):
+- euler: x + h d(x, t).
+- heun: EDM's second-order step (Algorithm 2), with its alpha generalisation.
+- rk4: the classic four-stage Runge-Kutta step on dx/dt = d(x, t), as in the ART paper's RK4 experiments; NFE 4K - 3.
+- dpmpp-2m: DPM-Solver++(2M) (Lu et al. 2022) in EDM's parameterisation, lambda = -log sigma: the data prediction D
+  is extrapolated linearly in lambda from the last two steps; first order on the first step. NFE K. It is the
+  exponential integrator of the linear-schedule, unscaled ODE, so it takes neither another schedule nor a scaling.
 """
 import math
 from typing import Any, Callable, Optional, Sequence, Union
@@ -10,10 +19,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from edm.grids import (VP_BETA_D, VP_BETA_MIN, Scaling, Schedule, check_choice, make_scaling, make_schedule,
+from edm.grids import (VP_BETA_D, VP_BETA_MIN, Scaling, NoiseSchedule, check_choice, make_scaling, make_schedule,
                        make_sigmas, sigma_range, vp_beta)
 
-SOLVERS = ('euler', 'heun')
+SOLVERS = ('euler', 'heun', 'rk4', 'dpmpp-2m')
 
 Tensor = torch.Tensor
 RandnLike = Callable[[Tensor], Tensor]
@@ -21,9 +30,11 @@ GridLike = Union[Tensor, np.ndarray, Sequence[float]]
 
 
 def nfe(num_steps: int, solver: str = 'heun') -> int:
-    """Network evaluations of a K-step run: Euler K, Heun 2K - 1 (the last step is Euler)."""
+    """Network evaluations of a K-step run: Euler and DPM-Solver++(2M) K, Heun 2K - 1, RK4 4K - 3 (the last step of
+    Heun and RK4 is an Euler step)."""
     check_choice('solver', solver, SOLVERS)
-    return num_steps if solver == 'euler' else 2 * num_steps - 1
+    stages = {'euler': 1, 'dpmpp-2m': 1, 'heun': 2, 'rk4': 4}[solver]
+    return stages * (num_steps - 1) + 1
 
 
 def check_sigmas(sigmas: GridLike, device: Optional[torch.device] = None) -> Tensor:
@@ -45,12 +56,33 @@ def _round_sigma(net: Any, sigma: Tensor) -> Tensor:
     return torch.as_tensor(net.round_sigma(sigma), dtype=torch.float64)
 
 
-def _derivative(net: Any, x: Tensor, t: Tensor, class_labels: Optional[Tensor], schedule: Schedule,
+def _derivative(net: Any, x: Tensor, t: Tensor, class_labels: Optional[Tensor], schedule: NoiseSchedule,
                 scaling: Scaling) -> Tensor:
-    """dx/dt = sigma'(x - s D)/sigma + (s'/s) x, D = net(x/s, sigma): spec 2.6's d, equal to (x - D)/t when linear."""
+    """dx/dt = sigma'(x - s D)/sigma + (s'/s) x, D = net(x/s, sigma): the d of §3.4, equal to (x - D)/t when linear."""
     sigma, s = schedule.sigma(t), scaling.s(t)
     denoised = net(x / s, sigma, class_labels).to(torch.float64)
     return schedule.sigma_deriv(t) * (x - s * denoised) / sigma + scaling.s_deriv(t) / s * x
+
+
+def _rk4_step(d: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, h: Tensor) -> Tensor:
+    """x(t + h) by the classic Runge-Kutta step: k1..k4 at t, t + h/2 (twice), t + h, weights 1/6, 1/3, 1/3, 1/6."""
+    k1 = d(x, t)
+    k2 = d(x + h / 2 * k1, t + h / 2)
+    k3 = d(x + h / 2 * k2, t + h / 2)
+    k4 = d(x + h * k3, t + h)
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def _dpmpp_2m_step(x: Tensor, denoised: Tensor, prev_denoised: Optional[Tensor], sigma_prev: Optional[Tensor],
+                   sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """One DPM-Solver++(2M) step from sigma to sigma_next in lambda = -log sigma, h = lambda_next - lambda:
+    x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) D', with D' = D on the first step and on the step to 0,
+    else D' = (1 + 1/(2r)) D - 1/(2r) D_prev, r = h_prev / h (the second-order multistep correction)."""
+    ratio = sigma_next / sigma                                        # exp(-h); 0 on the step to sigma = 0
+    if prev_denoised is not None and sigma_next > 0:
+        r = torch.log(sigma_prev / sigma) / torch.log(sigma / sigma_next)
+        denoised = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * prev_denoised
+    return ratio * x + (1 - ratio) * denoised
 
 
 def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[Tensor] = None,
@@ -61,6 +93,9 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
     check_choice('solver', solver, SOLVERS)
     if solver == 'heun' and not alpha > 0:
         raise ValueError(f'alpha must be > 0, got {alpha}')
+    if solver == 'dpmpp-2m' and (schedule != 'linear' or scaling != 'none' or S_churn != 0):
+        raise ValueError('dpmpp-2m integrates the linear-schedule, unscaled ODE without churn; '
+                         'use schedule=linear, scaling=none, S_churn=0')
     sched = make_schedule(schedule, vp_beta_d, vp_beta_min)
     scal = make_scaling(scaling, sched)
     sigmas = check_sigmas(sigmas, latents.device)
@@ -68,7 +103,11 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
     t_steps = torch.cat([sched.sigma_inv(sigmas[:-1]), torch.zeros_like(sigmas[:1])])  # t_i = sigma^{-1}(sigma_i)
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
+    def d(x: Tensor, t: Tensor) -> Tensor:
+        return _derivative(net, x, t, class_labels, sched, scal)
+
     x_next = latents.to(torch.float64) * (sched.sigma(t_steps[0]) * scal.s(t_steps[0]))
+    prev_denoised = None                                               # dpmpp-2m: D of the previous step
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
 
@@ -78,19 +117,28 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
         t_hat = sched.sigma_inv(_round_sigma(net, sigma_cur + gamma * sigma_cur))
         sigma_hat, s_hat = sched.sigma(t_hat), scal.s(t_hat)
         # With a non-linear schedule sigma(sigma^{-1}(s)) != s in round-off, so even gamma = 0 adds noise of order
-        # sqrt(eps) sigma; upstream does the same, and the noise is drawn on every step regardless (spec 2.3).
+        # sqrt(eps) sigma; upstream does the same, and the noise is drawn on every step regardless (§2.2).
         noise = (sigma_hat ** 2 - sigma_cur ** 2).clamp(min=0).sqrt() * s_hat * S_noise * randn_like(x_cur)
         x_hat = s_hat / scal.s(t_cur) * x_cur + noise
 
-        # Euler step, then the Heun correction at t' = t_hat + alpha h except on the last step (spec 2.6).
         h = t_next - t_hat
-        d_cur = _derivative(net, x_hat, t_hat, class_labels, sched, scal)
-        if solver == 'euler' or i == num_steps - 1:
+        if solver == 'dpmpp-2m':                                       # linear schedule: t = sigma
+            denoised = net(x_hat, sigma_hat, class_labels).to(torch.float64)
+            x_next = _dpmpp_2m_step(x_hat, denoised, prev_denoised, sigmas[i - 1] if i else None, sigma_hat,
+                                    sigmas[i + 1])
+            prev_denoised = denoised
+            continue
+        if solver == 'rk4' and i < num_steps - 1:
+            x_next = _rk4_step(d, x_hat, t_hat, h)
+            continue
+        # Euler step, then the Heun correction at t' = t_hat + alpha h except on the last step (§3.4).
+        d_cur = d(x_hat, t_hat)
+        if solver != 'heun' or i == num_steps - 1:
             x_next = x_hat + h * d_cur
         else:
             t_prime = (1 - alpha) * t_hat + alpha * t_next  # == t_next exactly when alpha == 1
             x_prime = x_hat + alpha * h * d_cur
-            d_prime = _derivative(net, x_prime, t_prime, class_labels, sched, scal)
+            d_prime = d(x_prime, t_prime)
             x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
     return x_next
 
@@ -120,3 +168,17 @@ def ablation_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] =
     return sample(net, latents, sigmas, class_labels, randn_like, solver=solver, schedule=schedule, scaling=scaling,
                   alpha=alpha, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, vp_beta_d=vp_beta_d,
                   vp_beta_min=vp_beta_min)
+
+
+def upstream_sampler(solver: Optional[str], discretization: Optional[str], schedule: Optional[str],
+                     scaling: Optional[str], **sampler_kwargs: Any) -> Callable[..., Tensor]:
+    """The sampler upstream generate.py picks: ablation_sampler if any ablation option is given, else edm_sampler;
+    returns f(net, latents, class_labels, randn_like). Options given as None take the sampler's defaults."""
+    sampler_kwargs = {key: value for key, value in sampler_kwargs.items() if value is not None}
+    ablation = dict(solver=solver, discretization=discretization, schedule=schedule, scaling=scaling)
+    ablation = {key: value for key, value in ablation.items() if value is not None}
+    if ablation:
+        return lambda net, latents, class_labels, randn_like: ablation_sampler(
+            net, latents, class_labels, randn_like=randn_like, **ablation, **sampler_kwargs)
+    return lambda net, latents, class_labels, randn_like: edm_sampler(
+        net, latents, class_labels, randn_like=randn_like, **sampler_kwargs)

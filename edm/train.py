@@ -1,4 +1,4 @@
-"""Train diffusion models: `python -m edm.train` (upstream train.py options, edm-interface.md section 6.1).
+"""Train diffusion models: `python -m edm.train` (upstream train.py options, docs/edm-compat.md §7.1).
 
 Example: torchrun --standalone --nproc_per_node=8 -m edm.train --outdir=training-runs \\
              --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
@@ -7,31 +7,22 @@ import json
 import os
 import re
 import warnings
-from typing import Any, List, Optional
+from typing import Any
 
 import click
 import torch
 
 import dnnlib
-from edm.errors import Command, UserError
-from edm.generate import parse_device
+from dnnlib.util import UserError
+from edm.cli import Command, check_output_dir, int_list_callback, parse_device
+from edm.loading import load_network_pkl
 from torch_utils import distributed as dist
 
 warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides')  # False warning printed by DDP.
 
 
-def parse_int_list_option(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[List[int]]:
-    """click callback: '1,2,2' or '1-3' -> list of ints."""
-    if value is None:
-        return None
-    try:
-        return dnnlib.util.parse_int_list(value)
-    except Exception:
-        raise click.BadParameter(f'{value!r} is not a comma-separated list of integers') from None
-
-
 def network_config(arch: str, precond: str) -> dnnlib.EasyDict:
-    """network_kwargs for --arch and --precond (edm-interface.md 4.7)."""
+    """network_kwargs for --arch and --precond (§4.7)."""
     net = dnnlib.EasyDict()
     if arch == 'ddpmpp':
         net.update(model_type='SongUNet', embedding_type='positional', encoder_type='standard',
@@ -83,7 +74,7 @@ def next_run_dir(outdir: str, desc: str) -> str:
 @click.option('--batch-gpu', help='Limit batch size per GPU', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=str,
-              callback=parse_int_list_option)
+              callback=int_list_callback(1, 'channel multipliers'))
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True),
               default=10e-4, show_default=True)
 @click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5,
@@ -135,7 +126,8 @@ def main(**kwargs: Any) -> None:
 
 
 def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
-    """Turn parsed options into the keyword arguments of training_loop() (section 6.1)."""
+    """Turn parsed options into the keyword arguments of training_loop() (§7.1)."""
+    check_output_dir(opts.outdir, '--outdir')
     c = dnnlib.EasyDict()
     c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data,
                                        use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
@@ -263,13 +255,12 @@ def run(opts: dnnlib.EasyDict) -> None:
     logger = None
     if dist.get_rank() == 0:
         os.makedirs(c.run_dir, exist_ok=True)
-        with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
-            json.dump(c, f, indent=2)
+        dnnlib.util.atomic_write_json(os.path.join(c.run_dir, 'training_options.json'), c)
         logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
 
     # Train.
     try:
-        training_loop.training_loop(**c)
+        training_loop.training_loop(**c, load_pkl=load_network_pkl)
     finally:
         if logger is not None:
             logger.close()

@@ -1,5 +1,6 @@
 """Shared pytest setup: the repository root on sys.path and the location of the upstream fixtures."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,12 @@ if str(ROOT) not in sys.path:
 
 # A copy of ../shared/fixtures (numbers written by upstream EDM), so that a clean clone tests on its own.
 FIXTURES = Path(os.environ.get('EDM_ART_FIXTURES', ROOT / 'tests' / 'fixtures'))
+
+# Float32 torch.randn draws of a seed differ in their last bits between CPU code paths (vectorised Box-Muller on AVX2
+# and newer, scalar code otherwise): by up to 1.8e-6 for N(0, 1) draws (1e5 draws, ATEN_CPU_CAPABILITY=default against
+# avx2; float64 draws agree). Latents written on another machine match ours to this absolute bound, while a wrong seed,
+# generator or order of draws moves them by O(1). See docs/edm-compat.md §1.3.
+RANDN_FLOAT32_ATOL = 1e-5
 
 
 @pytest.fixture(scope='session')
@@ -49,3 +56,15 @@ def write_network_pkl(path, net) -> str:
 def tiny_pkl(tmp_path) -> str:
     """Path of a pickle holding a tiny unconditional network."""
     return write_network_pkl(tmp_path / 'tiny.pkl', tiny_edm_net())
+
+
+def cli_error(args, cwd=ROOT) -> str:
+    """Run `python *args` (a command line given bad input, no GPU) and return its only stderr line, checked to be
+    `error: ...` with a non-zero exit and no traceback."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    return lines[0]

@@ -10,8 +10,8 @@ import torch
 from art.analytic import (AnalyticSpecError, GaussianMixtureModel, GaussianModel, gauss_ode_solution,
                           gauss_sampler_gain, gauss_w2, gmm_shape, load_analytic, load_gmm, reference_solution,
                           write_random_gmm)
-from art.networks import NetworkSpecError, load_network
-from edm.errors import UserError
+from art.networks import NetworkSpecError, load_network_spec
+from dnnlib.util import UserError
 from edm.sampler import sample
 from training import networks
 
@@ -81,6 +81,20 @@ def test_gmm_bad_files(tmp_path):
         with pytest.raises(AnalyticSpecError, match=words) as info:
             load_gmm(tmp_path / name)
         assert name in str(info.value)
+
+
+def test_gmm_truncated_or_corrupt_files(tmp_path):
+    np.savez(tmp_path / 'good.npz', mu=np.zeros((2, 4)), std=np.ones(2), weight=np.ones(2))
+    data = (tmp_path / 'good.npz').read_bytes()
+    (tmp_path / 'truncated.npz').write_bytes(data[:len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 4] ^= 0xFF                                       # inside mu.npy: the CRC check fails
+    (tmp_path / 'corrupt.npz').write_bytes(bytes(flipped))
+    (tmp_path / 'empty.npz').write_bytes(b'')
+    for name in ('truncated.npz', 'corrupt.npz', 'empty.npz'):
+        with pytest.raises(AnalyticSpecError, match='truncated or corrupt') as info:
+            load_gmm(tmp_path / name)
+        assert name in str(info.value) and '\n' not in str(info.value)
 
 
 def test_single_component_gmm_equals_gaussian():
@@ -158,20 +172,20 @@ def test_heun_converges_to_the_mixture_reference(gmm_file):
     assert errors[2] < 1e-3
 
 
-# art.networks.load_network (kept here: tests/test_networks.py belongs to training/networks.py).
+# art.networks.load_network_spec (kept here: tests/test_networks.py belongs to training/networks.py).
 
 def test_load_network_routes_specs(tmp_path, fixtures_dir):
-    net = load_network('analytic:gauss:std=0.5,shape=1x2x2')
+    net = load_network_spec('analytic:gauss:std=0.5,shape=1x2x2')
     assert isinstance(net, GaussianModel) and not net.training
     case = json.loads((fixtures_dir / 've_songunet_ncsnpp.json').read_text())
     with open(tmp_path / 'net.pkl', 'wb') as fh:
         pickle.dump({'ema': getattr(networks, case['precond'])(**case['kwargs'])}, fh)
-    loaded = load_network(str(tmp_path / 'net.pkl'))
+    loaded = load_network_spec(str(tmp_path / 'net.pkl'))
     assert type(loaded).__name__ == 'VEPrecond' and not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     for spec in ['', 'gauss1d', str(tmp_path / 'missing.pkl')]:
         with pytest.raises(NetworkSpecError, match='expected a network pickle path or URL') as info:
-            load_network(spec)
+            load_network_spec(spec)
         assert isinstance(info.value, ValueError) and '\n' not in str(info.value)
 
 

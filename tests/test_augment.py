@@ -1,4 +1,4 @@
-"""AugmentPipe (edm-interface.md 6.3): label layout and order, exact flips, identity cases, resampling accuracy."""
+"""AugmentPipe (docs/edm-compat.md §7.3): label layout and order, exact flips, identity cases, resampling accuracy."""
 import math
 import pickle
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from art.analytic import load_analytic, write_random_gmm
-from art.bench import format_table, run_bench
-from art.schedules import Schedule, save_schedule
-from conftest import ROOT
+from art.bench import ScheduleSource, format_table, run_bench
+from art.schedules import Schedule, ScheduleError, save_schedule
+from conftest import ROOT, cli_error
 from edm.images import to_uint8
 
 STEPS = [2, 5, 10, 20, 50, 100]
@@ -66,6 +66,37 @@ def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
 def test_cli_bad_input(args, pattern):
     run = subprocess.run([sys.executable, '-m', 'art.bench'] + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and pattern in run.stderr and 'Traceback' not in run.stderr
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--out={file}/rows.json'], '{file} is a file, not a folder'),            # checked before any measurement
+    (['--schedules=edm,,uniform'], "'edm,,uniform' has an empty entry"),
+    (['--device=cuda'], 'CUDA is not available on this machine; use --device=cpu'),   # CUDA hidden by cli_error
+    (['--device=banana'], "'banana' is not a torch device"),
+    (['--network=analytic:gmm:{trunc}'], 'truncated or corrupt'),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
+    paths = dict(file=tmp_path / 'file', trunc=tmp_path / 'trunc.npz')
+    paths['file'].write_text('x')
+    write_random_gmm(tmp_path / 'mix.npz', k=2, shape=(1, 2, 2))
+    paths['trunc'].write_bytes((tmp_path / 'mix.npz').read_bytes()[:300])
+    before = sorted(tmp_path.iterdir())
+    line = cli_error(['-m', 'art.bench', '--network=analytic:gauss1d', '--steps=2', '--schedules=edm', '--metric=w2',
+                      f'--out={tmp_path / "rows.json"}'] + [a.format(**paths) for a in args])   # the last value counts
+    assert words.format(**paths) in line
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_schedule_files_must_fit_the_network(tmp_path):
+    net = load_analytic('analytic:gauss1d')                                    # T = 3
+    save_schedule(Schedule('test', [80.0, 1.0, 0.0]), tmp_path / 'edm80.json')
+    with pytest.raises(ScheduleError, match='starts at sigma = 80, above the network'):
+        ScheduleSource(str(tmp_path / 'edm80.json'), net, 'analytic:gauss1d', 'euler')
+    save_schedule(Schedule('test', [3.0, 1.0, 0.0], provenance={'network': 'analytic:gauss:std=2,shape=1x1x1'}),
+                  tmp_path / 'other.json')
+    source = ScheduleSource(str(tmp_path / 'other.json'), net, 'analytic:gauss1d', 'euler')
+    assert 'made for analytic:gauss:std=2,shape=1x1x1, not analytic:gauss1d' in source.note
+    assert ScheduleSource('edm', net, 'analytic:gauss1d', 'euler').note is None
 
 
 class _ProjectionDetector(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""ImageFolderDataset (edm-interface.md 6.4): folder and zip, labels, max_size, xflip, cache, errors."""
+"""ImageFolderDataset (docs/edm-compat.md §7.4): folder and zip, labels, max_size, xflip, cache, errors."""
 import json
 import os
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from edm.errors import UserError
+from dnnlib.util import UserError
 from training.dataset import ImageFolderDataset
 
 

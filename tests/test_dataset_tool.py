@@ -1,4 +1,4 @@
-"""dataset_tool (edm-interface.md 6.4): label round trips, MNIST-format IDX padding, layout, errors."""
+"""dataset_tool (docs/edm-compat.md §7.4): label round trips, MNIST-format IDX padding, layout, errors."""
 import gzip
 import json
 import os
@@ -12,8 +12,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from conftest import cli_error
+from dnnlib.util import UserError
 from edm.dataset_tool import convert_dataset, read_idx
-from edm.errors import UserError
 from training.dataset import ImageFolderDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,3 +147,31 @@ def test_cli_one_line_error(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0
     assert res.stderr.strip().count('\n') == 0 and res.stderr.startswith('error:') and 'does not exist' in res.stderr
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--dest={file}/out.zip'], '{file} is a file, not a folder'),      # checked before the source is read
+    (['--dest={file}'], '{file} is a file, not a folder'),              # a folder is wanted (no .zip suffix)
+    (['--dest={tmp}/out.zip', '--resolution=0x0'], "'0x0': width and height must be positive"),
+])
+def test_cli_bad_dest_and_resolution_are_one_line(tmp_path, args, words):
+    _images(tmp_path / 'src', ['a.png'])
+    paths = dict(file=tmp_path / 'file', tmp=tmp_path)
+    paths['file'].write_text('x')
+    before = sorted(tmp_path.rglob('*'))
+    line = cli_error(['-m', 'edm.dataset_tool', f'--source={tmp_path / "src"}'] + [a.format(**paths) for a in args])
+    assert words.format(**paths) in line
+    assert sorted(tmp_path.rglob('*')) == before
+
+
+@pytest.mark.parametrize('existing', [False, True])
+def test_failed_conversion_into_a_folder_leaves_it_as_it_was(tmp_path, existing):
+    src = tmp_path / 'src'
+    _images(src, ['a.png', 'b.png'])
+    PIL.Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(src / 'c.png')    # differs from the first two
+    dest = tmp_path / 'dest'
+    if existing:
+        dest.mkdir()
+    with pytest.raises(UserError, match='differs from the first image'):
+        convert_dataset(str(src), str(dest), progress=False)
+    assert (dest.is_dir() and os.listdir(dest) == []) if existing else not dest.exists()

@@ -5,8 +5,8 @@ import torch
 
 from art.analytic import load_analytic, write_random_gmm
 from art.closed_form import closed_form_schedule
-from art.direct import (TRAIN_SEED_BASE, direct_schedule, grid_from_logits, logits_from_grid, rollout,
-                        training_latents)
+from art.direct import direct_schedule, grid_from_logits, logits_from_grid, rollout
+from art.latents import TRAIN_SEED_BASE, training_latents
 from art.metrics import reference_endpoints, rms_error
 from art.schedules import load_schedule, save_schedule
 from edm import grids

@@ -299,3 +299,14 @@ def test_logger_tees_stdout_to_file(tmp_path):
         sys.stderr.write('to stderr\n')
     assert (sys.stdout, sys.stderr) == saved
     assert log.read_text() == 'hello log\nto stderr\n'
+
+
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_gives_the_umask_mode(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = util.atomic_write_text(str(tmp_path / 'f.txt'), 'x')
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode     # what open() would give: 0666 less the umask
+    assert os.listdir(tmp_path) == ['f.txt']           # no temporary file left beside it

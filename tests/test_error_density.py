@@ -9,7 +9,7 @@ from art.error_density import error_density, field, q_norm
 
 
 def gaussian_f_and_Q(x: torch.Tensor, sigma: torch.Tensor, c: float):
-    """art-method.md 7 item 2 for N(0, c^2): f = sigma x/(c^2+sigma^2), Q = c^2 x/(c^2+sigma^2)^2."""
+    """docs/method.md eq. M3 for N(0, c^2): f = sigma x/(c^2+sigma^2), Q = c^2 x/(c^2+sigma^2)^2."""
     s = sigma.reshape(-1, 1, 1, 1)
     return s * x / (c * c + s * s), c * c * x / (c * c + s * s) ** 2
 

@@ -16,8 +16,9 @@ import pytest
 import scipy.linalg
 import torch
 
+from conftest import cli_error
+from dnnlib.util import UserError
 from edm import fid
-from edm.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / 'torchrun'
@@ -137,6 +138,14 @@ def test_singular_covariances_give_the_direct_sqrtm_value():
     s2 = stats_of(rng.randn(50, 80) * 1.5 + 0.5)
     value = fid.frechet_distance(*s1, *s2)
     assert value == pytest.approx(direct_fid(*s1, *s2), rel=1e-6)
+
+
+def test_fid_of_a_set_with_itself_is_never_negative():
+    # Round-off in sqrtm leaves Tr(2 sigma - 2 sqrtm(sigma^2)) at about -1e-12 for most of these sets; FID is >= 0.
+    for seed in range(6):
+        rng = np.random.RandomState(seed)
+        s = stats_of(rng.randn(500, 64) * 3 + 1)
+        assert 0 <= fid.frechet_distance(*s, *s) < 1e-9
 
 
 def test_fid_rejects_mismatched_statistics():
@@ -290,6 +299,83 @@ def test_cli_errors_are_one_line(small_images, fake_detector, tmp_path):
     np.savez(tmp_path / 'bad.npz', mu=np.zeros(10), sigma=np.eye(10))
     for args, words in cases:
         assert_one_line_error(run_fid(tmp_path, 'calc', *args), *words)
+
+def test_ref_dest_is_checked_before_the_statistics(small_images, fake_detector, tmp_path):
+    (tmp_path / 'file').write_text('x')
+    line = cli_error([ROOT / 'fid.py', 'ref', f'--data={small_images}', f'--dest={tmp_path / "file" / "ref.npz"}',
+                      f'--detector={fake_detector}', '--device=cpu'], cwd=tmp_path)
+    assert 'is a file, not a folder' in line and 'choose another path' in line
+
+
+def test_default_detector_unreachable_suggests_offline(monkeypatch):
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise requests.ConnectionError('Failed to resolve nvlabs-fi-cdn.nvidia.com')
+    monkeypatch.setattr(fid.dnnlib.util, 'open_url', no_network)
+    with pytest.raises(UserError, match='Failed to resolve.*use --detector=offline') as info:
+        fid.load_detector(fid.NVIDIA_DETECTOR_URL)
+    assert '\n' not in str(info.value)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --detector=lenet: the shipped Fashion-MNIST classifier (edm/lenet.py; its own tests are in test_lenet.py).
+
+
+def _fmnist_test_images(count: int) -> np.ndarray:
+    from edm.dataset_tool import read_idx
+    path = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
+    if not os.path.isfile(path):
+        pytest.skip('Fashion-MNIST not found (apt-get install dataset-fashion-mnist)')
+    return read_idx(path)[:count].copy()
+
+
+def test_lenet_calc_and_ref_end_to_end(tmp_path):
+    from edm import lenet
+    images = _fmnist_test_images(64)
+    folder = write_images(tmp_path / 'fmnist32', [np.pad(a, 2) for a in images])  # 32x32 grayscale PNGs
+    detector = lenet.load_detector()
+    with torch.no_grad():
+        mu, sigma = fid.images_stats(detector, [torch.from_numpy(images)[:, None]])
+    shipped = fid.load_reference(lenet.REFERENCE, lenet.FEATURE_DIM)
+    expected = fid.frechet_distance(mu, sigma, shipped['mu'], shipped['sigma'])
+
+    # calc without --ref: the shipped train statistics. The CLI reads PNGs, crops 32 -> 28 and repeats the gray
+    # channel to 3, which the detector averages back exactly; only the float32 conv code path may differ in the last
+    # bits of the features, hence the tolerance.
+    proc = run_fid(tmp_path, 'calc', f'--images={folder}', '--num=64', '--detector=lenet', '--device=cpu')
+    assert proc.returncode == 0, proc.stderr
+    assert 'fmnist-train-lenet.npz' in proc.stdout
+    value = float(proc.stdout.strip().splitlines()[-1])
+    assert 0 < expected < 100 and value == pytest.approx(expected, rel=1e-6)
+
+    proc = run_fid(tmp_path, 'ref', f'--data={folder}', '--dest=lenet.npz', '--detector=lenet', '--device=cpu')
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / 'lenet.npz') as ref:
+        assert ref['mu'].shape == (lenet.FEATURE_DIM,) and ref['sigma'].shape == (lenet.FEATURE_DIM,) * 2
+        np.testing.assert_allclose(ref['mu'], mu, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(ref['sigma'], sigma, rtol=1e-6, atol=1e-8)
+
+
+def test_lenet_errors_are_one_line(small_images, tmp_path):
+    inception_ref, lenet_ref = tmp_path / 'inception.npz', tmp_path / 'lenet.npz'
+    fid.save_reference(str(inception_ref), np.zeros(2048), np.eye(2048))
+    fid.save_reference(str(lenet_ref), np.zeros(64), np.eye(64))
+    folder = write_images(tmp_path / 'fmnist', [np.zeros((28, 28), np.uint8)] * 3)
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'not torch weights')
+    cases = [
+        ([f'--images={folder}'], ['--ref is required', 'lenet']),
+        ([f'--images={folder}', f'--ref={lenet_ref}', f'--detector=lenet:{corrupt}'], ['LeNet weights', 'refuses']),
+    ]
+    for args, words in cases:
+        assert_one_line_error(run_fid(tmp_path, 'calc', '--device=cpu', *args), *words)
+    with pytest.raises(UserError, match=re.escape('expected (64,)')):
+        fid.calc(str(folder), str(inception_ref), num_expected=3, detector='lenet')
+    with pytest.raises(UserError, match='--ref is required'):  # no default statistics for other weights
+        fid.calc(str(folder), None, num_expected=3, detector=f'lenet:{corrupt}')
+    with pytest.raises(UserError, match='takes 28x28 images .* got 16x16'):
+        fid.calc(str(small_images), str(lenet_ref), num_expected=13, detector='lenet')
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Offline end-to-end with the real Inception trunk.

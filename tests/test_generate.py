@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from edm.generate import rank_batches
+from edm.generation import rank_batches
 
 
 def _run(args, tmp_path, torchrun=False):
@@ -30,12 +30,15 @@ def test_rank_batches_split_as_upstream():
 
 
 def test_generate_writes_pngs_and_torchrun_is_byte_identical(tmp_path, tiny_pkl):
-    common = [f'--network={tiny_pkl}', '--seeds=0-7', '--steps=5', '--device=cpu']
+    # Batches of 2 on both sides: one process and two ranks then sample the same batches ([0, 1], [2, 3], ...), so each
+    # image comes from the same arithmetic; in a batch of another size the network may round a sample differently in
+    # the last bit (docs/edm-compat.md §2.1), which could move a pixel by one level.
+    common = [f'--network={tiny_pkl}', '--seeds=0-7', '--steps=5', '--device=cpu', '--batch=2']
     one = _run(common + [f'--outdir={tmp_path / "one"}'], tmp_path)
     assert one.returncode == 0, one.stderr
     names = sorted(os.listdir(tmp_path / 'one'))
     assert names == [f'{seed:06d}.png' for seed in range(8)]
-    two = _run(common + [f'--outdir={tmp_path / "two"}', '--batch=3'], tmp_path, torchrun=True)
+    two = _run(common + [f'--outdir={tmp_path / "two"}'], tmp_path, torchrun=True)
     assert two.returncode == 0, two.stderr
     assert sorted(os.listdir(tmp_path / 'two')) == names
     for name in names:
@@ -57,11 +60,14 @@ def test_subdirs_and_ablation_options(tmp_path, tiny_pkl):
     (['--network={pkl}', '--disc=foo'], '--disc'),
     (['--network={pkl}', '--class=1'], 'unconditional'),
     (['--outdir=x'], '--network'),
+    (['--network={pkl}', '--outdir={file}/out'], 'file is a file, not a folder'),  # before loading, not after a batch
+    (['--network={pkl}', '--sigma_min=5', '--sigma_max=1'], 'leaves no noise levels'),
 ])
 def test_bad_input_one_line_error_no_images(tmp_path, tiny_pkl, args, pattern):
     garbage = tmp_path / 'garbage.pkl'
     garbage.write_bytes(b'\x80\x04not a pickle')
-    args = [a.format(pkl=tiny_pkl, garbage=garbage) for a in args]
+    (tmp_path / 'file').write_text('x')
+    args = [a.format(pkl=tiny_pkl, garbage=garbage, file=tmp_path / 'file') for a in args]
     outdir = tmp_path / 'out'
     if not any(a.startswith('--outdir') for a in args):
         args.append(f'--outdir={outdir}')

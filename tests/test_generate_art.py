@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 
 from art.schedules import Schedule, save_schedule
-from conftest import ROOT
+from conftest import ROOT, cli_error
 
 
 def _run(args):
@@ -17,10 +17,12 @@ def _run(args):
 
 
 def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
-    save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0], solver='euler'), tmp_path / 's.json')
+    save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0], solver='euler', provenance={'network': 'analytic:gauss1d'}),
+                  tmp_path / 's.json')
     out = _run([f'--network={tiny_pkl}', '--seeds=0-2', f'--schedule={tmp_path / "s.json"}', f'--outdir={tmp_path / "a"}'])
     assert out.returncode == 0, out.stderr
     assert 'K=3, solver euler' in out.stdout
+    assert f'Note: {tmp_path / "s.json"} was made for analytic:gauss1d, not {tiny_pkl}' in out.stdout
     assert sorted(os.listdir(tmp_path / 'a')) == ['000000.png', '000001.png', '000002.png']
     assert PIL.Image.open(tmp_path / 'a-grid.png').size == (2 * 8, 2 * 8)     # 3 images of 8x8 on a 2x2 grid
     # The same file at another K is resampled with a note.
@@ -46,3 +48,23 @@ def test_bad_schedule_file(tmp_path, tiny_pkl, content, pattern):
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and 'bad.json' in lines[0], out.stderr
     assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--outdir={file}/out'], '{file} is a file, not a folder'),      # checked before loading, not after a batch
+    (['--network=analytic:gmm:{trunc}'], 'truncated or corrupt'),
+    (['--sigma_min=5', '--sigma_max=1'], 'leaves no noise levels'),
+    (['--network=analytic:gauss1d', '--schedule={s80}'], "starts at sigma = 80, above the network's highest noise "
+                                                         "level 3"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
+    paths = dict(file=tmp_path / 'file', trunc=tmp_path / 'trunc.npz', s80=tmp_path / 's80.json')
+    paths['file'].write_text('x')
+    np.savez(tmp_path / 'mix.npz', mu=np.zeros((2, 1, 4, 4)), std=np.ones(2), weight=np.ones(2))
+    paths['trunc'].write_bytes((tmp_path / 'mix.npz').read_bytes()[:300])
+    save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0]), paths['s80'])
+    before = sorted(os.listdir(tmp_path))
+    line = cli_error(['generate_art.py', '--device=cpu', '--seeds=0', '--network=analytic:gauss:std=0.5,shape=1x4x4',
+                      f'--outdir={tmp_path / "out"}'] + [a.format(**paths) for a in args])   # the last value counts
+    assert words.format(**paths) in line
+    assert sorted(os.listdir(tmp_path)) == before

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from art.analytic import load_analytic, write_random_gmm
-from art.direct import training_latents
+from art.latents import training_latents
 from art.gits import gits_schedule, jump_costs, min_cost_path, teacher_grid
 from art.metrics import reference_endpoints, rms_error
 from art.schedules import load_schedule, save_schedule

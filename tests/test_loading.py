@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_edm_net, write_network_pkl
-from edm.errors import UserError
+from dnnlib.util import UserError
 from edm.loading import PersistentPlaceholder, PickleSecurityError, load_network_pkl
 from torch_utils import persistence
 from training import networks

@@ -1,4 +1,4 @@
-"""Losses (edm-interface.md 6.2): sigma distributions, lambda(sigma) weightings, shapes, augment labels, pickling."""
+"""Losses (docs/edm-compat.md §7.2): sigma distributions, lambda(sigma) weights, shapes, augment labels, pickling."""
 import math
 import pickle
 

@@ -59,3 +59,29 @@ def test_environment_yml_parses_and_agrees_with_pins():
         conda_name = 'pytorch-gpu' if name == 'torch' else name
         assert conda_name in found, f'{name} is pinned in requirements.txt but missing from environment.yml'
         assert re.search(rf'==?{re.escape(version)}$', found[conda_name]), (found[conda_name], version)
+
+
+def test_pyproject_agrees_with_pins_and_names_every_cli():
+    import importlib
+    import tomllib
+
+    import click
+    project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+    ranges = {Requirement(dep).name.lower(): Requirement(dep).specifier for dep in project['dependencies']}
+    assert set(ranges) == set(_requirements())                 # same packages as requirements.txt ...
+    for name, version in _requirements().items():
+        assert ranges[name].contains(version), (name, version)  # ... and the pinned versions are in range
+    for script, target in project['scripts'].items():
+        module, attr = target.split(':')
+        assert isinstance(getattr(importlib.import_module(module), attr), click.Command), script
+    modules = {target.split(':')[0].split('.')[0] for target in project['scripts'].values()}
+    setup = tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['setuptools']
+    assert modules <= set(setup['packages']) | set(setup['py-modules'])
+
+
+def test_console_command_runs_outside_the_repository(tmp_path):
+    # `make` installs the project in editable mode, so the commands work from any folder.
+    exe = os.path.join(os.path.dirname(sys.executable), 'art-schedule')
+    out = subprocess.run([exe, '--help'], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert out.returncode == 0 and 'export' in out.stdout, out.stderr

@@ -54,6 +54,6 @@ def test_readme_recipes_run_scaled_down(tmp_path):
     assert 'resampled to K=5' in out.stdout
 
 
-@pytest.mark.parametrize('command', ['docker build -t edm-art .', 'python -m art.schedule export'])
+@pytest.mark.parametrize('command', ['docker build -t edm-art .', 'python -m art.schedule_tool export'])
 def test_readme_names_the_tools(command):
     assert command in (ROOT / 'README.md').read_text()

@@ -1,14 +1,13 @@
 """edm.sampler: the one sampler on exact denoisers (formulas, orders, bit-exact Algorithm 2) and against upstream."""
-import contextlib
 import json
 import math
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import RANDN_FLOAT32_ATOL
 from edm import grids
 from edm.rng import StackedRandomGenerator
 from edm.sampler import ablation_sampler, edm_sampler, nfe, sample
@@ -39,7 +38,7 @@ def exact(latents: torch.Tensor, sigma: float, T: float = 80) -> torch.Tensor:
 
 
 def algorithm2(net, latents, t_steps, randn_like, S_churn=0, S_min=0, S_max=math.inf, S_noise=1):
-    """Spec 2.5 step 4 written out literally: the oracle for bit-exactness."""
+    """docs/edm-compat.md §3.1 step 4 written out literally: the oracle for bit-exactness."""
     num_steps = len(t_steps) - 1
     x_next = latents.to(torch.float64) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
@@ -67,7 +66,7 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 # Exact formulas and convergence on the Gaussian model.
 
-@pytest.mark.parametrize('solver', ['euler', 'heun'])
+@pytest.mark.parametrize('solver', ['euler', 'heun', 'rk4', 'dpmpp-2m'])
 def test_one_step_to_zero_is_the_denoiser(latents, solver):
     net = GaussianNet()
     out = sample(net, latents, [80, 0], solver=solver)
@@ -86,11 +85,44 @@ def test_heun_step_formula(latents):
     assert rel_error(out, latents.double() * T * heun * C ** 2 / (C ** 2 + s ** 2)) < 1e-12
 
 
-@pytest.mark.parametrize('solver, alpha, order', [('euler', 1, 1), ('heun', 1, 2), ('heun', 0.5, 2)])
-def test_convergence_order(latents, solver, alpha, order):
-    ref = C ** 2 * exact(latents, 0.002) / (C ** 2 + 0.002 ** 2)  # exact to sigma_min, then the exact last step
+def test_rk4_step_formula(latents):
+    # RK4 T -> s on dx/dsigma = x g(sigma), g = sigma/(C^2 + sigma^2), written out stage by stage; then D(x; s).
+    T, s = 80.0, 3.0
+    h, m = s - T, (T + s) / 2
+    def g(sigma):
+        return sigma / (C ** 2 + sigma ** 2)
+    k1 = g(T)
+    k2 = (1 + h / 2 * k1) * g(m)
+    k3 = (1 + h / 2 * k2) * g(m)
+    k4 = (1 + h * k3) * g(s)
+    rk4 = 1 + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    out = sample(GaussianNet(), latents, [T, s, 0], solver='rk4')
+    assert rel_error(out, latents.double() * T * rk4 * C ** 2 / (C ** 2 + s ** 2)) < 1e-12
+
+
+def test_dpmpp_2m_steps_by_hand(latents):
+    # DPM-Solver++(2M) on [T, s1, s2, 0]: a first-order step, a second-order multistep step, a last step onto D.
+    T, s1, s2 = 80.0, 5.0, 0.7
+    def D(x, sigma):
+        return C ** 2 * x / (C ** 2 + sigma ** 2)
+    x0 = latents.double() * T
+    x1 = s1 / T * x0 + (1 - s1 / T) * D(x0, T)
+    r = math.log(T / s1) / math.log(s1 / s2)                  # h_prev / h in lambda = -log sigma
+    d1 = (1 + 1 / (2 * r)) * D(x1, s1) - 1 / (2 * r) * D(x0, T)
+    x2 = s2 / s1 * x1 + (1 - s2 / s1) * d1
+    out = sample(GaussianNet(), latents, [T, s1, s2, 0], solver='dpmpp-2m')
+    assert rel_error(out, D(x2, s2)) < 1e-12
+
+
+@pytest.mark.parametrize('solver, alpha, order, steps', [('euler', 1, 1, (32, 64)), ('heun', 1, 2, (32, 64)),
+                                                         ('heun', 0.5, 2, (32, 64)), ('rk4', 1, 4, (16, 32)),
+                                                         ('dpmpp-2m', 1, 2, (32, 64))])
+def test_convergence_order(latents, solver, alpha, order, steps):
+    # Global error on the EDM grid against the exact solution (exact to sigma_min, then the exact last step), as K
+    # doubles: the slope log2(e_K / e_2K) is the order (measured here: euler 0.99, heun 2.10, rk4 4.09, dpmpp-2m 2.16).
+    ref = C ** 2 * exact(latents, 0.002) / (C ** 2 + 0.002 ** 2)
     errors = [rel_error(sample(GaussianNet(), latents, grids.edm_sigmas(K), solver=solver, alpha=alpha), ref)
-              for K in (32, 64)]
+              for K in steps]
     assert math.log2(errors[0] / errors[1]) > order - 0.15
 
 
@@ -126,6 +158,25 @@ def test_wrappers_are_the_one_sampler(latents):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # How the network and the noise source are called.
+
+def test_rk4_and_dpmpp_2m_call_the_net_as_counted(latents):
+    grid = grids.edm_sigmas(5)
+    net = GaussianNet()
+    sample(net, latents, grid, solver='rk4')
+    assert len(net.sigmas) == nfe(5, 'rk4') == 4 * 5 - 3
+    mid = (grid[:-2] + grid[1:-1]) / 2                       # stages at sigma_i, the midpoint twice, sigma_{i+1}
+    expected = np.stack([grid[:-2], mid, mid, grid[1:-1]], axis=1).ravel().tolist() + [grid[-2]]
+    np.testing.assert_allclose([float(s) for s in net.sigmas], expected, rtol=1e-15)
+    net = GaussianNet()
+    sample(net, latents, grid, solver='dpmpp-2m')
+    assert [float(s) for s in net.sigmas] == grid[:-1].tolist() and nfe(5, 'dpmpp-2m') == 5
+
+
+@pytest.mark.parametrize('kwargs', [dict(schedule='vp'), dict(scaling='vp'), dict(S_churn=1.0)])
+def test_dpmpp_2m_refuses_what_it_does_not_integrate(latents, kwargs):
+    with pytest.raises(ValueError, match='dpmpp-2m'):
+        sample(GaussianNet(), latents, grids.edm_sigmas(3), solver='dpmpp-2m', **kwargs)
+
 
 @pytest.mark.parametrize('solver', ['euler', 'heun'])
 def test_nfe_and_sigma_argument(latents, solver):
@@ -188,7 +239,7 @@ def test_bad_grid_raises(latents, sigmas, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(solver='rk4'), 'euler, heun'), (dict(schedule='cosine'), 'linear, vp, ve'), (dict(scaling='ve'), 'none, vp'),
+    (dict(solver='rk2'), 'euler, heun, rk4, dpmpp-2m'), (dict(schedule='cosine'), 'linear, vp, ve'), (dict(scaling='ve'), 'none, vp'),
     (dict(alpha=0), 'alpha'),
 ])
 def test_bad_options_raise(latents, kwargs, match):
@@ -199,8 +250,8 @@ def test_bad_options_raise(latents, kwargs, match):
 
 
 def test_nfe_rejects_unknown_solver():
-    with pytest.raises(ValueError, match='euler, heun'):
-        nfe(5, 'rk4')
+    with pytest.raises(ValueError, match='euler, heun, rk4, dpmpp-2m'):
+        nfe(5, 'rk2')
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -211,22 +262,16 @@ ABLATION_KEYS = [f'ablation.{disc}.{solver}.{schedule}.{scaling}.steps7' for dis
                                                                            ('ve', 'none'))]
 EDM_KEYS = {'edm_sampler.steps5': dict(num_steps=5),
             'edm_sampler.steps6.churn': dict(num_steps=6, S_churn=10, S_min=0.05, S_max=50, S_noise=1.003)}
-# Upstream wrote the references with 2 intra-op threads. The network's linear layers and sums split their float32
-# reductions by thread, so other counts round differently (with 1, 3 or 4 threads the EDM output differs here by 1e-6
-# relative). On other hardware only float32-level agreement of the network, amplified by the sampler, can be asked for.
-UPSTREAM_THREADS = 2
-FLOAT32_TOLERANCE = 1e-4
-
-
-@contextlib.contextmanager
-def intra_op_threads(num: int):
-    """Run the block with `num` torch intra-op threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(num)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# Upstream wrote the references on another machine. Its float32 network (convolutions, matrix products, group norms)
+# rounds differently on other code paths, and so do float32 latents (RANDN_FLOAT32_ATOL): the outputs can agree only to
+# the network's round-off as the sampler carries it. Emulating SSE, AVX2 and AVX-512 paths with 1, 2 and 4 threads,
+# the relative error was at most 1.9e-6 for edm_sampler, 2.5e-6 for the ablation runs and 3.5e-5 for Heun under the
+# ve schedule, whose sigma = sqrt(t) clock (t from 6400 down to 4e-6) amplifies round-off (docs/edm-compat.md §1.3).
+# The bounds are 10x those. Real differences exceed them: rho = 7.001 moves the edm_sampler output by 8e-5, S_noise = 1
+# instead of 1.003 by 3e-3, Heun's alpha = 1.01 the ablation outputs by 1.5e-3 to 0.3.
+EDM_TOLERANCE = 2e-5
+ABLATION_TOLERANCE = 2.5e-5
+VE_HEUN_TOLERANCE = 3.5e-4
 
 
 @pytest.fixture(scope='module')
@@ -240,39 +285,31 @@ def upstream(fixtures_dir):
            np.load(fixtures_dir / 'edm_songunet_ddpmpp_cond_aug.sampler.npz').items()}
     seeds = json.loads((fixtures_dir / 'edm_songunet_ddpmpp_cond_aug.sampler.json').read_text())['seeds']
     out = {}
-    with intra_op_threads(UPSTREAM_THREADS):
-        for key, kwargs in EDM_KEYS.items():
-            rng = StackedRandomGenerator('cpu', seeds)  # latents, then labels, then the sampler's noise (generate.py)
-            latents = rng.randn(ref['latents'].shape)
-            labels = torch.eye(net.label_dim)[rng.randint(net.label_dim, size=[len(seeds)])]
-            assert torch.equal(latents, ref['latents']) and torch.equal(labels, ref['class_labels'])
-            out[key] = edm_sampler(net, latents, labels, rng.randn_like, **kwargs)
-        for key in ABLATION_KEYS:
-            _, disc, solver, schedule, scaling, _ = key.split('.')
-            out[key] = ablation_sampler(net, ref['latents'], ref['class_labels'],
-                                        StackedRandomGenerator('cpu', seeds).randn_like, num_steps=7, solver=solver,
-                                        discretization=disc, schedule=schedule, scaling=scaling)
-    # The network reproduces upstream's float32 bit for bit iff the plain EDM run does (the sampler's own exactness is
-    # checked without the network by test_bit_exact_with_algorithm_2).
-    exact = torch.equal(out['edm_sampler.steps5'], ref['edm_sampler.steps5'])
-    if not exact:
-        warnings.warn(f'the network differs from upstream in float32 round-off here; '
-                      f'checking the sampler to {FLOAT32_TOLERANCE} only')
-    return SimpleNamespace(ref=ref, out=out, exact=exact)
+    for key, kwargs in EDM_KEYS.items():
+        rng = StackedRandomGenerator('cpu', seeds)  # latents, then labels, then the sampler's noise (generate.py)
+        latents = rng.randn(ref['latents'].shape)
+        labels = torch.eye(net.label_dim)[rng.randint(net.label_dim, size=[len(seeds)])]
+        torch.testing.assert_close(latents, ref['latents'], rtol=0, atol=RANDN_FLOAT32_ATOL)
+        assert torch.equal(labels, ref['class_labels'])  # integer draws: exact
+        out[key] = edm_sampler(net, latents, labels, rng.randn_like, **kwargs)
+    for key in ABLATION_KEYS:
+        _, disc, solver, schedule, scaling, _ = key.split('.')
+        out[key] = ablation_sampler(net, ref['latents'], ref['class_labels'],
+                                    StackedRandomGenerator('cpu', seeds).randn_like, num_steps=7, solver=solver,
+                                    discretization=disc, schedule=schedule, scaling=scaling)
+    return SimpleNamespace(ref=ref, out=out)
 
 
 @pytest.mark.parametrize('key', EDM_KEYS)
-def test_edm_sampler_matches_upstream_bit_for_bit(upstream, key):
+def test_edm_sampler_matches_upstream(upstream, key):
     out, ref = upstream.out[key], upstream.ref[key]
     assert out.dtype == torch.float64
-    assert torch.equal(out, ref) if upstream.exact else rel_error(out, ref) < FLOAT32_TOLERANCE
+    assert rel_error(out, ref) < EDM_TOLERANCE
 
 
 @pytest.mark.parametrize('key', ABLATION_KEYS)
 def test_ablation_sampler_matches_upstream(upstream, key):
-    # Float64 round-off: we evaluate d = sigma'(x - s D)/sigma + (s'/s) x (exactly EDM's (x - D)/t when linear) and
-    # Heun's second point at t_{i+1} itself; upstream's ablation code orders these differently. The sigma = sqrt(t)
-    # clock amplifies that round-off (t spans 6400..4e-6), hence the looser bound for Heun with the ve schedule.
-    tolerance = 1e-10 if '.heun.ve.' in key else 1e-13
-    error = rel_error(upstream.out[key], upstream.ref[key])
-    assert error < (tolerance if upstream.exact else FLOAT32_TOLERANCE)
+    # Besides the network's round-off, our order of float64 operations differs from upstream's (docs/edm-compat.md
+    # §3.5): with identical network outputs the outputs agree to 1e-14, and to 2e-11 for Heun under the ve schedule.
+    tolerance = VE_HEUN_TOLERANCE if '.heun.ve.' in key else ABLATION_TOLERANCE
+    assert rel_error(upstream.out[key], upstream.ref[key]) < tolerance

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from art.analytic import gauss_w2, load_analytic
-from art.schedules import (Clock, Schedule, ScheduleError, baseline_schedule, clock_from_grid, grid_from_theta,
-                           load_schedule, resample_loglinear, save_schedule, theta_from_grid)
-from edm.errors import UserError
+from art.schedules import (Clock, Schedule, ScheduleError, baseline_schedule, check_network_fit, clock_from_grid,
+                           grid_from_theta, load_schedule, resample_loglinear, save_schedule, theta_from_grid)
+from dnnlib.util import UserError
 
 KS = [2, 5, 10, 20, 50, 100]
-PAPER_ROWS = {                                  # art-method.md §7 item 1: exact W2 of the 1-D baselines
+PAPER_ROWS = {                                  # docs/method.md §9: exact W2 of the 1-D baselines
     ('uniform', 7): [.465, .212, .110, .057, .023, .012],
     ('edm', 7): [.662, .316, .174, .091, .037, .019],
     ('edm', 3): [.411, .192, .101, .052, .021, .011],
@@ -195,3 +195,32 @@ def test_schedule_constructor_validates():
         Schedule('x', np.array([1.0, 2.0, 0.0]))
     with pytest.raises(ScheduleError, match='clock.u'):
         Clock(np.array([0.0, 0.5]), np.array([3.0, 0.0]))
+
+
+def test_a_schedule_starting_above_the_network_range_is_refused():
+    gauss1d = load_analytic('analytic:gauss1d')                               # sigma_max = T = 3
+    with pytest.raises(ScheduleError, match=r'^s.json: the schedule starts at sigma = 80, above the network\'s '
+                                            r'highest noise level 3; use a schedule made for this network'):
+        check_network_fit(Schedule('edm', [80.0, 1.0, 0.0]), gauss1d, 'analytic:gauss1d', 's.json')
+    assert check_network_fit(Schedule('x', [3.0, 1.0, 0.0]), gauss1d, 'analytic:gauss1d', 's.json') is None
+    assert check_network_fit(Schedule('x', [3.0 * (1 + 1e-9), 1.0, 0.0]), gauss1d, 'analytic:gauss1d', 's') is None
+    edm_net = type('EDMLike', (), {'sigma_max': float('inf')})()              # EDMPrecond: no upper bound
+    assert check_network_fit(Schedule('x', [500.0, 1.0, 0.0]), edm_net, 'net.pkl', 's.json') is None
+
+
+@pytest.mark.parametrize('made_for, used_on, note', [
+    ('analytic:gmm:assets/fmnist-gmm.npz', 'analytic:gmm:/elsewhere/assets/fmnist-gmm.npz', False),   # same file
+    ('runs/network-snapshot-001000.pkl', '/abs/runs/network-snapshot-001000.pkl', False),
+    ('analytic:gauss:std=0.5,shape=1x4x4', 'analytic:gauss:std=0.5,shape=1x4x4', False),
+    ('analytic:gauss:std=2,shape=1x4x4', 'analytic:gauss:std=0.5,shape=1x4x4', True),             # other data
+    ('analytic:gmm:a.npz', 'analytic:gmm:b.npz', True),
+    ('analytic:gauss1d', 'net.pkl', True),
+    (None, 'net.pkl', False),                                                    # nothing recorded: nothing to say
+])
+def test_a_schedule_made_for_another_network_gets_a_note(made_for, used_on, note):
+    net = type('EDMLike', (), {'sigma_max': float('inf')})()
+    provenance = {} if made_for is None else {'network': made_for}
+    text = check_network_fit(Schedule('x', [3.0, 1.0, 0.0], provenance=provenance), net, used_on, 's.json')
+    assert (text is not None) == note
+    if note:
+        assert text.startswith(f's.json was made for {made_for}, not {used_on}')

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from art.analytic import load_analytic
 from art.schedules import load_schedule
-from conftest import ROOT, tiny_edm_net, write_network_pkl
+from art.train import auto_preset
+from conftest import ROOT, cli_error, tiny_edm_net, write_network_pkl
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), 'torchrun')
 RL = ['--network=analytic:gauss1d', '--steps=5', '--lr=3e-4', '--gamma-lr=3e-4', '--device=cpu']
@@ -40,7 +42,10 @@ def test_run_directory_and_schedule_file(tmp_path):
     schedule = load_schedule(os.path.join(run, 'schedule-k5.json'), num_steps=5)
     assert schedule.method == 'art-rl' and schedule.sigmas[0] == 3.0 and schedule.sigmas[-1] == 0.0
     prov = schedule.provenance
-    assert prov['iterations'] == 30 and prov['lam'] == 0.1 and prov['config']['batch'] == 4 and prov['seed'] == 0
+    assert prov['iterations'] == 30 and prov['config']['lam'] == 0.1 and prov['config']['batch'] == 4
+    assert prov['seed'] == 0
+    # --preset=auto (the default) chose the paper's learner for the 1-D model, and says so.
+    assert prov['preset'] == 'paper' == json.load(open(os.path.join(run, 'training_options.json')))['preset']
     assert prov['cost']['forward_evals'] == 30 * 4 * 5 and 'w2_euler_exact' in schedule.metrics
     assert 'Run directory' in open(os.path.join(run, 'log.txt')).read()
     # A second run gets the next id.
@@ -48,6 +53,24 @@ def test_run_directory_and_schedule_file(tmp_path):
                   f'--outdir={tmp_path}', '--device=cpu'])
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(tmp_path))[1].startswith('00001-closed-form-gauss1d-k3')
+
+
+def test_auto_preset_is_paper_only_for_one_dimensional_models():
+    assert auto_preset(load_analytic('analytic:gauss1d')) == 'paper'
+    assert auto_preset(load_analytic('analytic:gauss:std=1,shape=1x1x1')) == 'paper'
+    assert auto_preset(load_analytic('analytic:gauss:std=1,shape=3x1x1')) == 'images'
+    assert auto_preset(tiny_edm_net()) == 'images'
+
+
+def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
+    out = _train(['--network=analytic:gauss:std=0.5,shape=1x2x2', '--steps=2', '--iters=1', '--batch=1',
+                  f'--outdir={tmp_path}', '--device=cpu'])
+    assert out.returncode == 0, out.stderr
+    run = _only_run_dir(tmp_path)
+    assert json.load(open(os.path.join(run, 'training_options.json')))['preset'] == 'images'
+    prov = load_schedule(os.path.join(run, 'schedule-k2.json')).provenance
+    assert prov['preset'] == 'images' and prov['num_steps_trained'] == 128 and 'progress' in prov['config']['form']
+    assert 'snapshot-clock.pt' in os.listdir(run)
 
 
 def test_kill_and_resume_gives_the_same_schedule(tmp_path):
@@ -123,12 +146,32 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     (['--network=analytic:gauss1d', '--steps=0'], 'steps'),
     (['--network=analytic:gauss1d', '--method=magic'], 'method'),
     (['--resume=/no/such/run'], 'cannot read'),
+    (['--network=analytic:gauss:std=0.5,shape=1x2x2', '--lambda=0.2'], '--lambda: not an option of the images'),
 ])
 def test_bad_input(tmp_path, args, pattern):
     out = _train(args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and pattern in lines[0], out.stderr
     assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').rglob('schedule-*.json'))
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--outdir={file}/runs'], '{file} is a file, not a folder'),      # checked before loading or making a run dir
+    (['--network=analytic:gmm:{trunc}'], 'truncated or corrupt'),
+    (['--resume={listrun}'], 'does not hold the options of a train_art.py run'),   # training_options.json a list
+])
+def test_bad_paths_and_files_are_one_line_and_write_nothing(tmp_path, args, words):
+    paths = dict(file=tmp_path / 'file', trunc=tmp_path / 'trunc.npz', listrun=tmp_path / 'listrun')
+    paths['file'].write_text('x')
+    np.savez(tmp_path / 'mix.npz', mu=np.zeros((2, 1, 4, 4)), std=np.ones(2), weight=np.ones(2))
+    paths['trunc'].write_bytes((tmp_path / 'mix.npz').read_bytes()[:300])
+    paths['listrun'].mkdir()
+    (paths['listrun'] / 'training_options.json').write_text('[1, 2]')
+    before = sorted(str(p) for p in tmp_path.rglob('*'))
+    line = cli_error(['train_art.py', '--device=cpu', '--method=closed-form', '--network=analytic:gauss1d',
+                      f'--outdir={tmp_path / "runs"}'] + [a.format(**paths) for a in args])   # the last value counts
+    assert words.format(**paths) in line
+    assert sorted(str(p) for p in tmp_path.rglob('*')) == before
 
 
 def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):

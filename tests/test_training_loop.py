@@ -1,4 +1,4 @@
-"""Training loop and train CLI (edm-interface.md 6.1, 6.5): EMA/lr formulas, learning, snapshots, resume, dry run."""
+"""Training loop and train CLI (docs/edm-compat.md §7.1, §7.5): EMA/lr, learning, snapshots, resume, dry run."""
 import json
 import os
 import pickle
@@ -11,6 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
+from conftest import cli_error
 from edm.loading import load_network_pkl
 from training.training_loop import ema_beta, learning_rate, load_training_state, training_loop
 
@@ -148,6 +149,7 @@ def test_resume_continues_weights_and_kimg(run, tmp_path):
     training_loop(**_kwargs(data, str(out), total_kimg=8, resume_kimg=6,
                             resume_pkl=str(run_dir / 'network-snapshot-000006.pkl'),
                             resume_state_dump=str(run_dir / 'training-state-000006.pt'),
+                            load_pkl=load_network_pkl,
                             optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-9, betas=[0.9, 0.999],
                                                   eps=1e-8)))
     assert sorted(n for n in os.listdir(out) if n.endswith('.pkl')) == ['network-snapshot-000007.pkl',
@@ -194,7 +196,7 @@ def test_cli_dry_run_writes_nothing_and_transfer_disables_rampup(run, tmp_path, 
 
 
 def test_cli_option_errors(run, tmp_path):
-    from edm.errors import UserError
+    from dnnlib.util import UserError
     from edm.train import build_config
     data, run_dir = run
     snap = run_dir / 'network-snapshot-000006.pkl'
@@ -210,6 +212,14 @@ def test_cli_option_errors(run, tmp_path):
     with pytest.raises(UserError, match='labels'):
         build_config(_parse(f'--outdir={tmp_path}', f'--data={tmp_path / "nolabels"}', '--cond=1', '--device=cpu'))
     assert list(tmp_path.glob('0*')) == []
+
+
+def test_cli_outdir_under_a_file_is_one_line_before_reading_data(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    line = cli_error(['-m', 'edm.train', f'--outdir={tmp_path / "file" / "runs"}', f'--data={tmp_path / "none"}',
+                      '--device=cpu'])
+    assert f'{tmp_path / "file"} is a file, not a folder' in line     # not the missing dataset: checked first
+    assert sorted(tmp_path.iterdir()) == [tmp_path / 'file']
 
 
 def test_cli_train_and_resume(run, tmp_path):

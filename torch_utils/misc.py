@@ -131,6 +131,13 @@ class InfiniteSampler(torch.utils.data.Sampler):
 # Parameters, buffers and DDP.
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of the module's first parameter or buffer (cpu if it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device('cpu')
+
+
 def params_and_buffers(module: torch.nn.Module) -> List[torch.Tensor]:
     """All parameters followed by all buffers of module."""
     return list(module.parameters()) + list(module.buffers())

@@ -5,7 +5,7 @@ A class decorated with `persistent_class` pickles its instances as
 Unpickling runs that source in a fresh module (unless the same source is already loaded) and rebuilds the
 object without calling `__init__`. The layout of `meta` (keys `type`, `version`, `module_src`,
 `class_name`, `state`) and the hook's import path are what upstream EDM reads and writes; see
-edm-interface.md section 3.2. Loading a pickle this way executes the code it carries: `edm.loading`
+docs/edm-compat.md §5.2. Loading a pickle this way executes the code it carries: `edm.loading`
 offers the safe alternative.
 """
 

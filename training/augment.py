@@ -1,4 +1,4 @@
-"""Non-leaking augmentation in the style of ADA, conditioned via 9 labels (edm-interface.md section 6.3).
+"""Non-leaking augmentation in the style of ADA, conditioned via 9 labels (docs/edm-compat.md §7.3).
 
 Labels, float32 [N, 9], in upstream order: xflip, yflip, scale, cos(theta)-1, sin(theta), w*cos(r), w*sin(r),
 translate x, translate y. A sample where a transform does not fire gets a zero in its labels.

@@ -1,4 +1,4 @@
-"""Datasets for training: a folder or an uncompressed zip of PNGs plus dataset.json (edm-interface.md section 6.4)."""
+"""Datasets for training: a folder or an uncompressed zip of PNGs plus dataset.json (docs/edm-compat.md §7.4)."""
 import json
 import os
 import zipfile
@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import PIL.Image
 
-from edm.errors import UserError
+from dnnlib.util import UserError
 
 try:
     import pyspng  # optional fast PNG decoder
@@ -30,7 +30,7 @@ class Dataset:
         self._raw_labels: Optional[np.ndarray] = None
         self._label_shape: Optional[List[int]] = None
 
-        # Subset: shuffle with a seeded RandomState, keep max_size, sort (section 6.4).
+        # Subset: shuffle with a seeded RandomState, keep max_size, sort (§7.4).
         self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
         if max_size is not None and self._raw_idx.size > max_size:
             np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
@@ -240,7 +240,7 @@ class ImageFolderDataset(Dataset):
         if labels is None:
             return None
         labels = {str(name).replace('\\', '/'): value for name, value in labels}
-        # Lookup normalises Windows separators (section 6.4).
+        # Lookup normalises Windows separators (§7.4).
         try:
             labels = [labels[fname.replace('\\', '/')] for fname in self._image_fnames]
         except KeyError as exc:

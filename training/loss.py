@@ -1,4 +1,4 @@
-"""Training losses of the EDM paper (Table 1): VP, VE and EDM (edm-interface.md section 6.2).
+"""Training losses of the EDM paper (Table 1): VP, VE and EDM (docs/edm-compat.md §7.2).
 
 Each loss returns the per-element weighted squared error lambda(sigma) * (D(y + n; sigma) - y)^2, not reduced,
 with one sigma per sample of shape [B,1,1,1].

@@ -1,8 +1,8 @@
 """Model architectures and preconditioning schemes of "Elucidating the Design Space of Diffusion-Based
 Generative Models" (Karras et al. 2022), compatible with the network pickles of the official EDM code.
 
-Specification: edm-interface.md, section 4. This module's source is embedded in network pickles and must also
-run inside upstream EDM, so it imports only numpy, torch and torch_utils.persistence.
+Specification: docs/edm-compat.md §4 (the pickle format: §5.2). This module's source is embedded in network
+pickles and must also run inside upstream EDM, so it imports only numpy, torch and torch_utils.persistence.
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ from torch.nn.functional import silu
 from torch_utils import persistence
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Weight initialisation (spec 4.1).
+# Weight initialisation (§4.3).
 
 
 def weight_init(shape: list, mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def weight_init(shape: list, mode: str, fan_in: int, fan_out: int) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Building blocks (spec 4.2).
+# Building blocks (§4.4).
 
 
 @persistence.persistent_class
@@ -259,7 +259,7 @@ def _drop_labels(labels: torch.Tensor, p: float, batch_size: int) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# SongUNet: DDPM++ and NCSN++ of Song et al. 2021 (spec 4.3).
+# SongUNet: DDPM++ and NCSN++ of Song et al. 2021 (§4.5).
 
 
 @persistence.persistent_class
@@ -389,7 +389,7 @@ class SongUNet(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# DhariwalUNet: ADM of Dhariwal & Nichol 2021 (spec 4.4).
+# DhariwalUNet: ADM of Dhariwal & Nichol 2021 (§4.6).
 
 
 @persistence.persistent_class
@@ -475,11 +475,11 @@ class DhariwalUNet(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Preconditioning (spec 4.5, Table 1 of the paper): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
+# Preconditioning (§4.1, Table 1 of the paper): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
 
 
 def _init_precond(net: torch.nn.Module, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool) -> None:
-    """The attributes every preconditioner has (spec 4.5)."""
+    """The attributes every preconditioner has (§4.1)."""
     net.img_resolution = img_resolution
     net.img_channels = img_channels
     net.label_dim = label_dim
@@ -494,7 +494,7 @@ def _inner_model(net: torch.nn.Module, model_type: str, out_channels: int, model
 
 def _precond_inputs(net: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor,
                     force_fp32: bool) -> tuple:
-    """Cast and broadcast a preconditioner's inputs (spec 4.5, 4.6); returns (x, sigma, class_labels, dtype)."""
+    """Cast and broadcast a preconditioner's inputs (§4.2); returns (x, sigma, class_labels, dtype)."""
     x = x.to(torch.float32)
     sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
     if net.label_dim == 0:
@@ -596,7 +596,7 @@ class iDDPMPrecond(torch.nn.Module):
         self.M = M
         # The model predicts 2x channels (mean and variance in iDDPM); only the first img_channels are used.
         self.model = _inner_model(self, model_type, img_channels * 2, model_kwargs)
-        # u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1) (spec 2.6).
+        # u_M = 0, u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1) (§3.3).
         u = torch.zeros(M + 1)
         for j in range(M, 0, -1):
             u[j - 1] = ((u[j] ** 2 + 1) / (self.alpha_bar(j - 1) / self.alpha_bar(j)).clip(min=C_1) - 1).sqrt()

@@ -1,4 +1,4 @@
-"""Main training loop (edm-interface.md section 6.5): EMA, ticks, snapshots, training-state dumps, stats.jsonl.
+"""Main training loop (docs/edm-compat.md §7.5): EMA, ticks, snapshots, training-state dumps, stats.jsonl.
 
 Runs on CPU or CUDA, as a world of one or under torchrun (DistributedDataParallel only when the world size is > 1).
 """
@@ -7,7 +7,7 @@ import json
 import os
 import pickle
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import psutil
@@ -20,7 +20,7 @@ from torch_utils import training_stats
 
 
 def ema_beta(batch_size: int, cur_nimg: int, ema_halflife_kimg: float, ema_rampup_ratio: Optional[float]) -> float:
-    """EMA decay per step: 0.5 ** (batch / max(half-life, 1e-8)), half-life capped at cur_nimg * ratio (6.5)."""
+    """EMA decay per step: 0.5 ** (batch / max(half-life, 1e-8)), half-life capped at cur_nimg * ratio (§7.5)."""
     ema_halflife_nimg = ema_halflife_kimg * 1000
     if ema_rampup_ratio is not None:
         ema_halflife_nimg = min(ema_halflife_nimg, cur_nimg * ema_rampup_ratio)
@@ -28,7 +28,7 @@ def ema_beta(batch_size: int, cur_nimg: int, ema_halflife_kimg: float, ema_rampu
 
 
 def learning_rate(lr: float, cur_nimg: int, lr_rampup_kimg: float) -> float:
-    """lr * min(cur_nimg / (lr_rampup_kimg * 1000), 1) (6.5)."""
+    """lr * min(cur_nimg / (lr_rampup_kimg * 1000), 1) (§7.5)."""
     return lr * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
 
 
@@ -64,14 +64,21 @@ def training_loop(
     resume_state_dump: Optional[str] = None,  # Start from the given training state, None = reset training state.
     resume_kimg: int = 0,               # Start from the given training progress.
     cudnn_benchmark: bool = True,       # Enable torch.backends.cudnn.benchmark?
+    load_pkl: Optional[Callable[[str], dict]] = None,  # Reads resume_pkl into a dict with 'ema' (given by the caller).
     device: torch.device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'),
 ) -> None:
-    """Train a diffusion model and write snapshots, state dumps and stats.jsonl to run_dir."""
+    """Train a diffusion model and write snapshots, state dumps and stats.jsonl to run_dir.
+
+    The caller passes `load_pkl` (edm.train passes the safe loader, edm.loading.load_network_pkl) when resume_pkl is
+    given, so that this module needs nothing above `training/`.
+    """
+    if resume_pkl is not None and load_pkl is None:
+        raise ValueError('resume_pkl needs load_pkl, the function that reads a network pickle')
     device = torch.device(device)
     cuda = device.type == 'cuda'
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    # Initialize (6.5): per-rank seeding, TF32 off.
+    # Initialize (§7.5): per-rank seeding, TF32 off.
     start_time = time.time()
     np.random.seed((seed * world + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
@@ -127,10 +134,9 @@ def training_loop(
     # Resume training from previous snapshot ("rank 0 first").
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        from edm.loading import load_network_pkl
         if rank != 0:
             dist.barrier()
-        data = load_network_pkl(resume_pkl)
+        data = load_pkl(resume_pkl)
         if rank == 0:
             dist.barrier()
         misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)

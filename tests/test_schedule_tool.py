@@ -1,4 +1,4 @@
-"""`python -m art.schedule`: export (exact round-trips, resampling) and show (table + PNG), one-line errors."""
+"""`python -m art.schedule_tool`: export (exact round-trips, resampling) and show (table + PNG), one-line errors."""
 import json
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from art import plots
-from art import schedule as cli
+from art import schedule_tool as cli
 from art.schedules import Clock, Schedule, save_schedule
-from conftest import ROOT
+from conftest import ROOT, cli_error
 
 SIGMAS = [80.0, 0.1 + 0.2 + 10, 1 / 3, 2 ** -30, 0.0]
 
@@ -121,7 +121,21 @@ def test_errors_are_one_line(sched_file, tmp_path, args, message):
 def test_cli_subprocess_bad_file(tmp_path):
     """The real entry point: a bad file gives one `error:` line on stderr, nothing on stdout, and exit 1."""
     (tmp_path / 'junk.json').write_text('{"format": "edm-art-schedule", "version": 1,')
-    run = subprocess.run([sys.executable, '-m', 'art.schedule', 'export', str(tmp_path / 'junk.json'), '--format=list'],
+    run = subprocess.run([sys.executable, '-m', 'art.schedule_tool', 'export', str(tmp_path / 'junk.json'), '--format=list'],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stdout == ''
     assert run.stderr.startswith('error: ') and 'not valid JSON' in run.stderr and run.stderr.count('\n') == 1
+
+
+@pytest.mark.parametrize('args, words', [
+    (['export', '{good}', '--format=list', '--out={file}/sigmas.json'], '{file} is a file, not a folder'),
+    (['show', '{good}', '--out={folder}'], '{folder} is a folder; give a file path'),
+])
+def test_out_is_checked_first_and_nothing_is_written(sched_file, tmp_path, args, words):
+    paths = dict(good=sched_file, file=tmp_path / 'file', folder=tmp_path / 'folder')
+    paths['file'].write_text('x')
+    paths['folder'].mkdir()
+    before = sorted(tmp_path.rglob('*'))
+    line = cli_error(['-m', 'art.schedule_tool'] + [a.format(**paths) for a in args])
+    assert words.format(**paths) in line
+    assert sorted(tmp_path.rglob('*')) == before

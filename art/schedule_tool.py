@@ -1,7 +1,7 @@
 """Inspect and export schedule files.
 
-    python -m art.schedule export FILE.json --format=k-diffusion|diffusers|list [--steps=K] [--out=PATH]
-    python -m art.schedule show FILE.json [FILE2.json ...] [--baselines=edm,uniform,logsnr] [--out=plot.png]
+    python -m art.schedule_tool export FILE.json --format=k-diffusion|diffusers|list [--steps=K] [--out=PATH]
+    python -m art.schedule_tool show FILE.json [FILE2.json ...] [--baselines=edm,uniform,logsnr] [--out=plot.png]
 
 `export` prints (or writes atomically to --out) the plain descending grid of K+1 sigmas ending in 0, with exact
 float64 values: `list` and `diffusers` as a JSON list (diffusers' `set_timesteps(sigmas=...)` takes the list
@@ -16,15 +16,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
+import dnnlib
 from art import plots
 from art.schedules import baseline_schedule, load_schedule
 from edm import grids
-from edm.errors import Group, UserError
+from edm.cli import Group, check_output_file, name_list_callback
 
 
 def _baselines(ctx: click.Context, param: click.Parameter, value: str) -> List[str]:
     """click callback: a comma-separated list of baseline names (may be empty)."""
-    names = [name.strip() for name in value.split(',') if name.strip()]
+    names = name_list_callback(ctx, param, value)
     for name in names:
         if name not in grids.DISCRETIZATIONS:
             raise click.BadParameter(f'unknown baseline {name!r}; valid: {", ".join(grids.DISCRETIZATIONS)}')
@@ -52,11 +53,13 @@ def main() -> None:
 @click.option('--out', metavar='PATH', type=str, default=None, help='Write here (atomically) instead of stdout')
 def export(file: str, fmt: str, steps: Optional[int], out: Optional[str]) -> None:
     """Print the K+1 descending sigmas (ending in 0) in the form k-diffusion, diffusers or a plain list takes."""
+    if out:
+        check_output_file(out, '--out')
     schedule = load_schedule(file, num_steps=steps, resample=True)
     comment = f'{file}: method {schedule.method}, K = {schedule.num_steps}'
     text = plots.export_text(schedule.sigmas, fmt, comment=comment)
     if out:
-        plots.write_text_atomic(out, text)
+        dnnlib.util.atomic_write_text(out, text)
     else:
         click.echo(text, nl=False)
 
@@ -68,13 +71,11 @@ def export(file: str, fmt: str, steps: Optional[int], out: Optional[str]) -> Non
 @click.option('--out', metavar='PNG', type=str, default=None, help='Plot path  [default: <first file stem>.png]')
 def show(files: Tuple[str, ...], baselines: List[str], out: Optional[str]) -> None:
     """Print a table of the grids and plot sigma against step index (log y) to a PNG."""
+    out = check_output_file(out or os.path.splitext(files[0])[0] + '.png', '--out')
     schedules = [load_schedule(path) for path in files]
     grids_by_name: Dict[str, Any] = {label: s.sigmas for label, s in zip(_labels(files), schedules)}
     for name in baselines:
         grids_by_name[f'{name} (baseline)'] = baseline_schedule(name, schedules[0].num_steps).sigmas
-    out = out or os.path.splitext(files[0])[0] + '.png'
-    if os.path.isdir(out):
-        raise UserError(f'--out: {out} is a folder; give a .png file path')
     click.echo(plots.schedule_table(grids_by_name))
     plots.plot_schedules(grids_by_name, out, title=f'noise levels per step: {os.path.basename(files[0])}')
     click.echo(f'wrote {out}')

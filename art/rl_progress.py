@@ -1,0 +1,196 @@
+"""The progress-domain ART-RL learner (the 'images' preset): the paper's control problem with psi as the independent
+variable, learned on a fine psi-grid; one learned clock serves every K.
+
+docs/art-rl.md §3 derives this form (equations R1-R7; M-labels are in docs/method.md).  On the uniform psi-grid
+psi_k = k dpsi, dpsi = U / train_steps, x follows the sampler's Euler flow whatever the policy does; the policy draws
+theta_k = mu_k exp(log_std z_k) (log-normal, eq. R4), which makes the step last dt_k = dpsi/theta_k; the running
+reward is -(q_k theta_k + gamma/theta_k) dpsi (eq. R3) with q = |Q_u| the clock's error density (eq. M9); gamma = C/B
+on each batch (eq. R6) and the mean is renormalised to spend the time budget exactly (eq. R7).  The actor ascends the
+likelihood ratio times an advantage: the reward minus its known expectation given q ('expected', the preset's choice,
+which stands in for the critic) or the critic's TD error ('critic').  The grid is read off the mean time spent per
+psi-step (the learned clock u(psi)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from art.error_density import error_density, q_norm
+from art.rl import ARTDivergence, Learner, LearnerConfig, mlp
+from art.schedules import Clock
+
+
+@dataclasses.dataclass(kw_only=True)
+class ProgressConfig(LearnerConfig):
+    """Settings of the progress-domain learner; the defaults are the 'images' preset (docs/art-rl.md §4)."""
+    lr: float = 1e-2
+    iters: int = 700
+    batch: int = 16
+    rho: float = 7.0                 # EDM's clock: theta = 1 is EDM's grid (with sigma_min = 0)
+    precondition: bool = True        # divide each step's coefficient by its expected cost
+    distill_size: int = 800
+    train_steps: int = 128           # the fine psi-grid; the deployed grids are read off the learned clock
+    actor: str = 'table'             # 'table': one log-mean per psi-grid step; 'mlp': a = NN(psi/U)
+    log_std: float = 0.3             # theta = mu exp(log_std z), z ~ N(0, 1) (eq. R4)
+    baseline: str = 'expected'       # 'expected': E_z[reward | q_k] (stands in for the critic); 'critic': TD error
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.actor not in ('mlp', 'table'):
+            raise ValueError(f"actor must be 'mlp' or 'table', not {self.actor!r}")
+        if self.baseline not in ('critic', 'expected'):
+            raise ValueError(f"baseline must be 'critic' or 'expected', not {self.baseline!r}")
+        if self.train_steps < 1:
+            raise ValueError('train_steps must be positive')
+        if not self.log_std > 0:
+            raise ValueError('log_std must be positive')
+
+    @property
+    def grid_steps(self) -> int:
+        """Steps of the training psi-grid."""
+        return self.train_steps
+
+    def form(self) -> str:
+        """The progress form and its choices."""
+        return ('progress domain (eqs. 9/14 in psi, budget int dpsi/theta = U): local Lagrangian gradient '
+                'q - gamma/theta**2 by likelihood ratio of log-normal exploration, baseline ' + self.baseline +
+                ', budget by exact renormalisation (gamma = C/B), actor ' + self.actor)
+
+    def feature_names(self) -> list[str]:
+        """The actor sees where it is in progress: psi/U, or the psi-grid index for the table."""
+        return ['psi/U'] if self.actor == 'mlp' else ['psi-grid index']
+
+
+class Table(nn.Module):
+    """Tabular actor: one output a_k per psi-grid step, starting at 0 (mu = 1: EDM's grid)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(size, dtype=torch.float64))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """a on the whole psi-grid (feat holds the grid's psi/U, one row per step)."""
+        if feat.shape[0] != self.a.shape[0]:
+            raise ValueError(f'the table has {self.a.shape[0]} steps, asked for {feat.shape[0]}')
+        return self.a.unsqueeze(-1)
+
+
+class ProgressLearner(Learner):
+    """ART-RL in the progress domain: log-normal policy on the clock speed per psi-step, exact budget, gamma = C/B,
+    likelihood-ratio actor with the expected-reward (or critic) baseline; the schedule is the learned clock t(psi)."""
+
+    Config = ProgressConfig
+
+    def __init__(self, net, cfg: ProgressConfig, **kwargs):
+        super().__init__(net, cfg, **kwargs)
+        self.dpsi = self.clock.U / self.grid_steps                               # the uniform psi-grid
+        self.v_scale: Optional[float] = None        # critic output scale V = v_scale NN, set from the first batch
+
+    def make_actor(self, generator: torch.Generator) -> nn.Module:
+        """A table (one a_k per psi-step) or an MLP of psi/U; both start at a = 0 (mu = 1: EDM's grid)."""
+        if self.cfg.actor == 'table':
+            return Table(self.grid_steps)
+        return mlp(1, self.cfg.width, generator)
+
+    @torch.no_grad()
+    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
+        """Roll out `count` trajectories on the psi-grid: x follows the fine Euler flow (policy-free), theta_k =
+        mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k (eq. R2)."""
+        cfg, M, dpsi, dev = self.cfg, self.grid_steps, self.dpsi, self.device
+        x, labels, z = self.start(iteration, first_index, count)
+        psi = torch.arange(M + 1, dtype=torch.float64, device=dev) * dpsi
+        sigma = self.levels(psi)
+        q_all = []
+        for k in range(M):
+            sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
+            f, Q = error_density(self.net, x, sigma_eval, labels)
+            speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
+            q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| at max(sigma, sigma_floor)
+            if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
+                raise ARTDivergence(f'non-finite error density at iteration {iteration}, sigma = {sigma_eval:.4g}')
+            x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
+        q = torch.stack(q_all, dim=1)                                            # [count, M]
+        mu = self.log_mean().exp().expand_as(q)
+        theta = mu * (cfg.log_std * z).exp()                                     # eq. R4
+        duration = dpsi / theta
+        t = torch.cat([torch.zeros_like(duration[:, :1]), duration.cumsum(1)[:, :-1]], dim=1)
+        traj = dict(psi=psi[:-1].expand_as(q), t=t, q=q, z=z, theta=theta, mu=mu, t_T=duration.sum(1),
+                    cost=(q * theta).sum(1) * dpsi)
+        if not all(torch.isfinite(v).all() for v in traj.values()):
+            raise ARTDivergence(f'non-finite rollout at iteration {iteration}')
+        return traj
+
+    def log_mean(self) -> torch.Tensor:
+        """log mu_k on the psi-grid: the actor's a(psi_k) shifted so that the mean spends the time budget exactly,
+        sum_k dpsi / mu_k = U (eq. R7; the common mode of a is a gauge, the shift carries no gradient)."""
+        psi = torch.arange(self.grid_steps, dtype=torch.float64, device=self.device) * self.dpsi
+        a = self.actor((psi / self.clock.U).unsqueeze(-1)).squeeze(-1)
+        return a + (torch.logsumexp(-a, 0) + math.log(self.dpsi / self.clock.U)).detach()
+
+    def losses(self, traj: dict, qbar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Critic: TD (eq. 22a in psi); actor: likelihood ratio of the log-normal exploration times the advantage.
+        qbar: the batch mean of q at each psi-step over all processes (for the preconditioner)."""
+        cfg, dpsi, U, gamma, s = self.cfg, self.dpsi, self.clock.U, self.gamma, self.cfg.log_std
+        q, theta, z, t, psi = traj['q'], traj['theta'], traj['z'], traj['t'], traj['psi']
+        log_mu = self.log_mean()                                                 # log mu(psi_k), shared by the batch
+        mu = log_mu.exp().detach()
+        V = self.v_scale * self.critic(self.features(t, psi)).squeeze(-1)        # V(t_k, psi_k)
+        V_T = torch.full_like(V[:, :1], gamma * U)                               # terminal value gamma U (eq. 9)
+        V_next = torch.cat([V[:, 1:], V_T], dim=1).detach()
+        with torch.no_grad():
+            reward = -(q * theta + gamma / theta) * dpsi                         # eq. R3
+            delta = V_next - V.detach() + reward                                 # TD error, eq. 22a
+            growth = math.exp(s * s / 2)                                         # E[exp(s z)] = E[exp(-s z)]
+            if cfg.baseline == 'critic':
+                advantage = delta
+            else:                                                                # r - E_z[r | q_k], eq. R5
+                advantage = reward + growth * (q * mu + gamma / mu) * dpsi
+            coef = z / s * advantage                                             # d log pi / d a = z / s
+            if cfg.precondition:                                                 # relative: / expected cost of the step
+                coef = coef / (growth * (qbar * mu + gamma / mu) * dpsi)
+        critic_loss = -(V * delta).sum(1).mean() / self.v_scale ** 2           # eq. 22a (normalised)
+        coef = coef.mean(0)
+        actor_loss = -((coef - coef.mean()) * log_mu).sum()                      # gauge-fixed policy gradient on log mu
+        with torch.no_grad():
+            stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=reward.sum(1).mean(),
+                         psi_T_mean=traj['t_T'].mean() / U, psi_T_std=traj['t_T'].std(unbiased=False) / U,
+                         theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
+                         std_over_mu=torch.tensor(math.sqrt(math.exp(s * s) - 1.0), dtype=torch.float64),
+                         mu_first=mu[0], mu_last=mu[-1], cost=traj['cost'].mean())
+        return critic_loss, actor_loss, stats
+
+    def step(self) -> dict:
+        """One iteration: rollout, the budget's multiplier gamma = C/B (eq. R6), critic and actor (Adam)."""
+        cfg, U = self.cfg, self.clock.U
+        traj = self.rollout(self.iteration, self.rank * cfg.batch, cfg.batch)
+        cb = torch.cat([traj['cost'].mean().reshape(1), traj['t_T'].mean().reshape(1), traj['q'].mean(0)])
+        cb = self.reduce(cb) if self.reduce is not None else cb                  # batch means over all ranks
+        self.gamma = float(cb[0] / cb[1])                                        # eq. R6
+        if self.v_scale is None:
+            self.v_scale = 2 * self.gamma * U                                    # |C + gamma B| at the budget
+        critic_loss, actor_loss, stats = self.losses(traj, qbar=cb[2:])
+        _, stats = self.descend(critic_loss + actor_loss, stats)
+        return self.finish(self.dpsi / self.policy_sequence(traj), stats)        # time spent per psi-step
+
+    def schedule(self, duration: torch.Tensor, num_steps: int) -> dict:
+        """The learned clock t(psi_k) = sum_{j<k} mean normalised time spent, u = t/t_K; the K-step grid read off it."""
+        t = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(duration * self.dpsi, 0)])
+        u = (t / t[-1]).numpy()
+        u[0], u[-1] = 0.0, 1.0
+        sigma = self.levels(torch.arange(self.grid_steps + 1, dtype=torch.float64) * self.dpsi)
+        sigmas = Clock(u, sigma.numpy()).grid(num_steps).tolist()
+        theta = (self.dpsi / (duration * self.dpsi)).tolist()                    # dpsi/dt on the psi-grid
+        return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta)
+
+    def state_dict(self) -> dict:
+        """The base snapshot and the critic's scale."""
+        return dict(super().state_dict(), v_scale=self.v_scale)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a snapshot (see Learner.load_state_dict) and the critic's scale."""
+        super().load_state_dict(state)
+        self.v_scale = None if state['v_scale'] is None else float(state['v_scale'])

@@ -1,0 +1,24 @@
+"""art/methods.py: the one registry of schedule methods and the maker of those that need no run directory."""
+import numpy as np
+import pytest
+
+from art.analytic import load_analytic
+from art.methods import MAKER_METHODS, METHODS, ScheduleMaker
+
+
+def test_registry_names_every_method_once():
+    assert list(METHODS) == ['art-rl', 'closed-form', 'direct', 'gits']
+    assert MAKER_METHODS == ('closed-form', 'direct', 'gits')       # art-rl needs a run directory (art/train.py)
+    with pytest.raises(ValueError, match='closed-form, direct, gits'):
+        ScheduleMaker('art-rl', load_analytic('analytic:gauss1d'), 'analytic:gauss1d')
+
+
+def test_maker_makes_each_k_once_and_the_closed_form_clock_once():
+    net = load_analytic('analytic:gauss1d')
+    maker = ScheduleMaker('closed-form', net, 'analytic:gauss1d', options=dict(num_samples=16, fine_steps=64))
+    k5, k3 = maker(5), maker(3)
+    assert maker(5) is k5 and k5.method == 'closed-form' and len(k5.sigmas) == 6 and len(k3.sigmas) == 4
+    # One estimate of E|Q| serves every K: both grids are read off the same clock.
+    np.testing.assert_array_equal(k5.clock.sigma, k3.clock.sigma)
+    gits = ScheduleMaker('gits', net, 'analytic:gauss1d', solver='euler', options=dict(num_latents=8))(3)
+    assert gits.method == 'gits' and gits.sigmas[-1] == 0 and np.all(np.diff(gits.sigmas) < 0)
