@@ -27,6 +27,7 @@ import torch
 
 from dnnlib.util import UserError
 from edm import grids
+from edm.sampler import sample
 
 SigmaLike = Union[float, torch.Tensor]
 GAUSS1D_T = 3.0      # T = sigma_max of the paper's 1-D example.
@@ -225,7 +226,7 @@ def write_random_gmm(path: Union[str, Path], k: int, shape: Sequence[int], seed:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exact references for Gaussian data N(0, S^2 I): the PF-ODE and the Euler/Heun samplers are linear in x.
+# Exact references for Gaussian data N(0, S^2 I): the PF-ODE and every sampler are linear in x.
 
 def gauss_ode_solution(x_T: torch.Tensor, sigma: float, std: float, sigma_T: float) -> torch.Tensor:
     """Exact PF-ODE solution x(sigma) = x_T sqrt((S^2+sigma^2)/(S^2+T^2)) from x(T) = x_T."""
@@ -234,18 +235,12 @@ def gauss_ode_solution(x_T: torch.Tensor, sigma: float, std: float, sigma_T: flo
 
 
 def gauss_sampler_gain(sigmas: Sequence[float], std: float, solver: str = 'euler') -> float:
-    """Product of the per-step factors: the sampler maps x_0 to x_K = gain * x_0 (Heun's last step is Euler)."""
-    if solver not in ('euler', 'heun'):
-        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
-    s = np.asarray(sigmas, dtype=np.float64)
-    c = s / (std ** 2 + s ** 2)                      # f(x, sigma) = c(sigma) x
-    h = s[1:] - s[:-1]
-    euler = 1 + h * c[:-1]                           # eq. 3 in sigma-form
-    if solver == 'euler':
-        return float(np.prod(euler))
-    heun = 1 + 0.5 * h * (c[:-1] + c[1:] * euler)    # trapezoid corrector with the Euler predictor
-    heun[-1] = euler[-1]
-    return float(np.prod(heun))
+    """The factor by which the sampler maps x_0 to x_K on N(0, S^2) data. Every solver is linear in x there (the
+    denoiser is S^2 x / (S^2 + sigma^2)), so one scalar run of the one sampler (edm.sampler.sample) from x_0 = 1 gives
+    it exactly, for every solver it has (Euler: the product of 1 + h_i sigma_i / (S^2 + sigma_i^2), eq. 3)."""
+    net = GaussianModel(std, shape=(1, 1, 1), sigma_max=math.inf)
+    x_0 = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    return float(sample(net, x_0 / float(sigmas[0]), np.asarray(sigmas, dtype=np.float64), solver=solver))
 
 
 def gauss_output_std(sigmas: Sequence[float], std: float, solver: str = 'euler', init: str = 'marginal') -> float:

@@ -6,142 +6,21 @@
 Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), schedule methods made on the fly for each K
 (`closed-form`: the training-free ART optimum, estimated once and read off its clock; `direct`: LD3-style grid
 optimisation; `gits`: GITS-style dynamic programming; these use seeds of their own, disjoint from the benchmark's),
-or schedule files (resampled to other K, with a note).
-Metrics: `w2`, exact for Gaussian models; `rms`, the root-mean-square endpoint error against the reference solution
-of the same latents (exact for analytic models, a high-NFE Heun solve for pickles); `fid`, FID of `--num` images
-per seed set against `--ref` statistics (images quantised exactly as the PNGs of generate would be). With
+or schedule files (resampled to other K, with a note). Metrics and measurement: art/benchmark.py. With
 `--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation.
 """
 
-import os
-import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional
 
 import click
-import numpy as np
 import torch
 
 import dnnlib
 from dnnlib.util import UserError
-from art import metrics
-from art.methods import MAKER_METHODS, ScheduleMaker
+from art.benchmark import ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
-from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
-from edm import grids
 from edm.cli import Command, check_output_file, int_list_callback, name_list_callback, parse_device
-from edm import fid
-from edm.images import to_uint8
-from edm.rng import seed_latents
-from edm.sampler import nfe, sample
-
-
-class ScheduleSource:
-    """One column of the benchmark: a baseline name, a schedule method (closed-form, direct, gits) or a schedule
-    file, resolved per K. A file is checked against the network at once (art.schedules.check_network_fit): `note`
-    says when it was made for another network."""
-
-    def __init__(self, spec: str, net: torch.nn.Module, network: str, solver: str,
-                 method_options: Optional[Dict[str, dict]] = None):
-        self.spec = spec
-        self.net = net
-        self.maker = None
-        self.note: Optional[str] = None
-        if spec in MAKER_METHODS:
-            self.maker = ScheduleMaker(spec, net, network, solver, (method_options or {}).get(spec))
-        elif spec not in grids.DISCRETIZATIONS and not os.path.isfile(spec):
-            raise UserError(f'--schedules: {spec!r} is neither a baseline ({", ".join(grids.DISCRETIZATIONS)}), '
-                            f'a method ({", ".join(MAKER_METHODS)}), nor an existing schedule file')
-        elif spec not in grids.DISCRETIZATIONS:
-            self.note = check_network_fit(load_schedule(spec), net, network, spec)
-
-    @property
-    def label(self) -> str:
-        """Short name for the table."""
-        return os.path.basename(self.spec) if os.path.isfile(self.spec) else self.spec
-
-    def schedule(self, num_steps: int) -> Schedule:
-        """The grid of this source for K = num_steps."""
-        if self.spec in grids.DISCRETIZATIONS:
-            return baseline_schedule(self.spec, num_steps, net=self.net)
-        if self.maker is not None:
-            return self.maker(num_steps)
-        return load_schedule(self.spec, num_steps=num_steps, resample=True)
-
-
-class SeedSet:
-    """The latents (and class labels) of one block of seeds, with the reference endpoints computed on demand."""
-
-    def __init__(self, net: torch.nn.Module, seeds: List[int], device: torch.device):
-        self.net, self.seeds = net, seeds
-        self.latents, self.labels, _ = seed_latents(net, seeds, device)
-        self._references: Dict[float, torch.Tensor] = {}
-
-    def reference(self, sigma_T: float) -> torch.Tensor:
-        """The PF-ODE endpoints from these latents at sigma_T (cached per sigma_T)."""
-        if sigma_T not in self._references:
-            self._references[sigma_T] = metrics.reference_endpoints(self.net, self.latents, sigma_T, self.labels)
-        return self._references[sigma_T]
-
-    def fid(self, sigmas: np.ndarray, solver: str, detector, ref: Dict[str, np.ndarray], batch: int) -> float:
-        """FID of the images sampled from these latents with the grid against the reference statistics."""
-        def batches():
-            for start in range(0, len(self.seeds), batch):
-                labels = None if self.labels is None else self.labels[start:start + batch]
-                x = sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
-                yield torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2)                  # as the PNGs hold them
-        mu, sigma = fid.images_stats(detector, batches(), self.latents.device)
-        return fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
-
-
-def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[Union[str, ScheduleSource]],
-              solver: str,
-              metric: str, num: int, seed: int, device: torch.device, method_options: Optional[Dict[str, dict]] = None,
-              repeats: int = 1, fid_options: Optional[dict] = None) -> List[Dict]:
-    """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value,
-    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each.  Sources
-    are specs or ScheduleSource objects (whose method schedules are made once and can serve several metrics)."""
-    columns = [spec if isinstance(spec, ScheduleSource) else ScheduleSource(spec, net, network, solver, method_options)
-               for spec in sources]
-    seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
-    if metric == 'fid':
-        fid_options = dict(fid_options or {})
-        detector = fid_options.get('detector', 'offline')
-        detector = fid.load_detector(detector, device) if isinstance(detector, str) else detector
-        ref = fid.load_reference(fid_options['ref'])
-    rows = []
-    for column in columns:
-        for num_steps in steps:
-            schedule = column.schedule(num_steps)
-            start = time.perf_counter()
-            values = []
-            for seed_set in seed_sets:
-                if metric == 'w2':
-                    values.append(metrics.exact_w2(net, schedule.sigmas, solver))
-                elif metric == 'rms':
-                    x = sample(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels, solver=solver)
-                    values.append(metrics.rms_error(x, seed_set.reference(float(schedule.sigmas[0]))))
-                else:
-                    values.append(seed_set.fid(schedule.sigmas, solver, detector, ref, fid_options.get('batch', 64)))
-            rows.append(dict(schedule=column.label, steps=int(num_steps), solver=solver, nfe=nfe(num_steps, solver),
-                             metric=metric, value=float(np.mean(values)), spread=float(np.std(values)),
-                             values=[float(v) for v in values], sigmas=schedule.sigmas.tolist(),
-                             cost=schedule.provenance.get('cost'),
-                             seconds=round(time.perf_counter() - start, 3)))
-    return rows
-
-
-def format_table(rows: List[Dict]) -> str:
-    """Rows as a Markdown table: one line per schedule, one column per K (mean +- std when repeated)."""
-    steps = sorted({row['steps'] for row in rows})
-    names = list(dict.fromkeys(row['schedule'] for row in rows))
-    cell = {(row['schedule'], row['steps']): (f'{row["value"]:.4g}' + (f' ± {row["spread"]:.2g}' if len(row['values']) > 1 else ''))
-            for row in rows}
-    metric, solver = rows[0]['metric'], rows[0]['solver']
-    header = f'| {metric} ({solver}) | ' + ' | '.join(f'K={k} (NFE {nfe(k, solver)})' for k in steps) + ' |'
-    lines = [header, '|' + '---|' * (len(steps) + 1)]
-    for name in names:
-        lines.append(f'| {name} | ' + ' | '.join(cell[(name, k)] for k in steps) + ' |')
-    return '\n'.join(lines)
+from edm.sampler import SOLVERS
 
 
 @click.command(cls=Command)
@@ -151,7 +30,7 @@ def format_table(rows: List[Dict]) -> str:
 @click.option('--schedules', help='Comma-separated baselines, methods (closed-form, direct, gits) or schedule files',
               metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True, callback=name_list_callback)
-@click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
+@click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True)
 @click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
 @click.option('--num', help='Latents (images) per seed set', metavar='INT', type=click.IntRange(min=1), default=256,
               show_default=True)

@@ -20,6 +20,9 @@ METHODS = {
     'gits': 'GITS-style: dynamic programming over a fine teacher grid (art/gits.py)',
 }
 MAKER_METHODS = tuple(name for name in METHODS if name != 'art-rl')   # made by ScheduleMaker, no run directory
+# Solvers a method's schedule is optimised for: direct and gits differentiate or tabulate Euler/Heun steps; the
+# closed form and ART-RL optimise the Euler error density, whatever solver later uses their grid.
+SOLVER_SPECIFIC = {'direct': ('euler', 'heun'), 'gits': ('euler', 'heun')}
 
 
 class ScheduleMaker:
@@ -30,6 +33,9 @@ class ScheduleMaker:
                  options: Optional[dict] = None):
         if method not in MAKER_METHODS:
             raise ValueError(f'unknown schedule method {method!r}; expected one of {", ".join(MAKER_METHODS)}')
+        if solver not in SOLVER_SPECIFIC.get(method, (solver,)):
+            raise ValueError(f'{method} makes grids for the {" and ".join(SOLVER_SPECIFIC[method])} solvers, not '
+                             f'{solver}')
         self.method, self.net, self.network, self.solver = method, net, network, solver
         self.options = dict(options or {})
         self.warm_start = self.options.pop('warm_start', [])        # direct: makers whose grids are candidate starts

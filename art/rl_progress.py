@@ -22,6 +22,7 @@ from torch import nn
 from art.error_density import error_density, q_norm
 from art.rl import ARTDivergence, Learner, LearnerConfig, mlp
 from art.schedules import Clock
+from edm import grids
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -30,7 +31,7 @@ class ProgressConfig(LearnerConfig):
     lr: float = 1e-2
     iters: int = 700
     batch: int = 16
-    rho: float = 7.0                 # EDM's clock: theta = 1 is EDM's grid (with sigma_min = 0)
+    rho: float = grids.RHO           # EDM's clock: theta = 1 is EDM's grid (with sigma_min = 0)
     precondition: bool = True        # divide each step's coefficient by its expected cost
     distill_size: int = 800
     train_steps: int = 128           # the fine psi-grid; the deployed grids are read off the learned clock

@@ -22,3 +22,11 @@ def test_maker_makes_each_k_once_and_the_closed_form_clock_once():
     np.testing.assert_array_equal(k5.clock.sigma, k3.clock.sigma)
     gits = ScheduleMaker('gits', net, 'analytic:gauss1d', solver='euler', options=dict(num_latents=8))(3)
     assert gits.method == 'gits' and gits.sigmas[-1] == 0 and np.all(np.diff(gits.sigmas) < 0)
+
+
+def test_solver_specific_methods_refuse_other_solvers():
+    net = load_analytic('analytic:gauss1d')
+    for method in ('direct', 'gits'):
+        with pytest.raises(ValueError, match=f'{method} makes grids for the euler and heun solvers, not rk4'):
+            ScheduleMaker(method, net, 'analytic:gauss1d', solver='rk4')
+    assert ScheduleMaker('closed-form', net, 'analytic:gauss1d', solver='dpmpp-2m').solver == 'dpmpp-2m'
