@@ -20,20 +20,23 @@ begins from the best grid known; their cost is in their own methods' rows).
 Optimisation: Adam on z, learning rate cosine-annealed to 0; the loss is differentiated through an Euler/Heun rollout
 that calls the network at each level (the arithmetic of edm.sampler.sample with the linear schedule, no scaling, no
 churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state is float64
-(analytic models compute in float64 throughout). The returned grid is the evaluated iterate (starts included) with the
-lowest training loss.
+(analytic models compute in float64 throughout).
+
+Stopping by held-out error: num_holdout further latents (seeds after the training seeds, still disjoint from the
+benchmark's) are scored at the start, every eval_every iterations and at the end; the returned grid is the scored
+iterate with the lowest held-out loss. So direct is the optimum of the endpoint error as a held-out benchmark sees it,
+not of its own training set (art.methods gives it warm starts from the closed form and gits by default).
 
 Training set size: the rms is dominated by rare latents whose trajectories pass near the boundaries between mixture
-components, so a small training set overfits: on the 10-component 1x8x8 mixture at K=10, 64 latents gave training rms
-0.53 but 1.73 on art.bench's held-out seeds 0..255 (worse than the closed form's 1.55), 1024 latents gave 1.68 / 1.53.
-Hence the default of 1024 training latents, processed in batches of batch_size (default 256) with the gradients
-accumulated.
+components, so a small training set overfits (docs/bench: 64 latents on the 1x8x8 mixture at K=10 gave training rms
+0.53 but 1.73 held out). Hence the default of 1024 training latents, processed in batches of batch_size (default 256)
+with the gradients accumulated, and the held-out stopping rule above.
 
 Training latents come from per-seed generators (edm.rng, drawn as art.bench draws them) with seeds
 TRAIN_SEED_BASE + seed + i, disjoint from the seeds 0..N-1 that art.bench evaluates on: benchmarks are held out.
 
 Cost (provenance['cost']): forward_evals counts per-sample network forward passes (latents x NFE per pass: one pass
-per scanned start, one per iteration, one final), backward_evals the per-sample vector-Jacobian products through the
+per scanned start, one per iteration, one final, and the held-out passes), backward_evals the per-sample vector-Jacobian products through the
 network (iterations x latents x NFE); the reference solve is counted apart (reference_forward_evals for networks; for
 analytic models it is an adaptive DOP853 solve whose CPU time is in reference_cpu_seconds and cpu_seconds).
 """
@@ -93,37 +96,39 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
                     num_latents: int = 1024, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
                     init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, init_grids: Optional[dict] = None,
-                    sigma_max: Optional[float] = None,
-                    batch_size: int = 256) -> Schedule:
+                    sigma_max: Optional[float] = None, batch_size: int = 256, num_holdout: int = 256,
+                    eval_every: int = 10) -> Schedule:
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
     check_choice('init', init, grids.DISCRETIZATIONS)
     grids.check_num_steps(num_steps)
-    if num_latents < 1 or iters < 0 or not lr > 0 or batch_size < 1:
-        raise ValueError(f'need num_latents >= 1, iters >= 0, lr > 0 and batch_size >= 1, got {num_latents}, {iters}, '
-                         f'{lr}, {batch_size}')
+    if num_latents < 1 or iters < 0 or not lr > 0 or batch_size < 1 or num_holdout < 1 or eval_every < 1:
+        raise ValueError(f'need num_latents, batch_size, num_holdout, eval_every >= 1, iters >= 0 and lr > 0, got '
+                         f'{num_latents}, {batch_size}, {num_holdout}, {eval_every}, {iters}, {lr}')
     sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
     device = module_device(net)
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     first_seed = TRAIN_SEED_BASE + seed
-    latents, labels = training_latents(net, num_latents, first_seed, device)
+    latents, labels = training_latents(net, num_latents + num_holdout, first_seed, device)
     with torch.no_grad():
         reference = reference_endpoints(net, latents, sigma_max, labels).to(torch.float64)
     reference_cpu = time.process_time() - cpu0
+    train, holdout = slice(0, num_latents), slice(num_latents, num_latents + num_holdout)
 
     per_pass = nfe(int(num_steps), solver) * num_latents
+    per_holdout = nfe(int(num_steps), solver) * num_holdout
     forward_evals = backward_evals = 0
 
-    def loss_and_grad(z: torch.Tensor, with_grad: bool) -> float:
-        """Mean over latents of |x_K - x_ref|^2, accumulating d/dz over batches when with_grad."""
-        total = 0.0
-        for start in range(0, num_latents, batch_size):
-            part = slice(start, start + batch_size)
+    def loss_and_grad(z: torch.Tensor, with_grad: bool, which: slice = train) -> float:
+        """Mean over the latents `which` of |x_K - x_ref|^2, accumulating d/dz over batches when with_grad."""
+        total, count = 0.0, which.stop - which.start
+        for start in range(which.start, which.stop, batch_size):
+            part = slice(start, min(start + batch_size, which.stop))
             with torch.set_grad_enabled(with_grad):
                 x = rollout(net, latents[part], grid_from_logits(z, sigma_max), None if labels is None else
                             labels[part], solver)
-                loss = (x - reference[part]).flatten(1).square().sum(1).sum() / num_latents
+                loss = (x - reference[part]).flatten(1).square().sum(1).sum() / count
             if with_grad:
                 grad, = torch.autograd.grad(loss, [z])      # d/dz only: the network's parameters stay frozen
                 z.grad = grad if z.grad is None else z.grad + grad
@@ -151,22 +156,30 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
     optimizer = torch.optim.Adam([logits], lr=lr)
     annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iters), 1))
 
-    history = []
-    best_loss, best_logits = starts[start_name][0], logits.detach().clone()
-    for _ in range(int(num_steps > 1) * iters):     # K = 1 has no interior level to learn
+    history, scored = [], []                        # scored: (held-out loss, training loss, iteration, logits)
+
+    def score(train_loss: float, iteration: int) -> None:
+        nonlocal forward_evals
+        scored.append((loss_and_grad(logits.detach(), with_grad=False, which=holdout), train_loss, iteration,
+                       logits.detach().clone()))
+        forward_evals += per_holdout
+
+    steps = int(num_steps > 1) * iters              # K = 1 has no interior level to learn
+    for iteration in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_and_grad(logits, with_grad=True)
         forward_evals += per_pass
         backward_evals += per_pass
         history.append(loss)
-        if loss < best_loss:
-            best_loss, best_logits = loss, logits.detach().clone()
+        if iteration % eval_every == 0:
+            score(loss, iteration)
         optimizer.step()
         annealing.step()
     final_loss = loss_and_grad(logits.detach(), with_grad=False)
     forward_evals += per_pass
-    if final_loss < best_loss:
-        best_loss, best_logits = final_loss, logits.detach().clone()
+    score(final_loss, steps)
+    best_holdout, best_loss, best_iteration, best_logits = min(scored, key=lambda row: row[0])
+    start_holdout = scored[0][0]
 
     sigmas = grid_from_logits(best_logits, sigma_max).cpu().numpy()
     sigmas[0], sigmas[-1] = sigma_max, 0.0
@@ -185,17 +198,22 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
         'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': batch_size,
         'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',
                     'sigma_max': sigma_max},
-        'seed': seed, 'returned': 'lowest training loss among evaluated iterates',
+        'holdout': {'num': num_holdout, 'seeds': f'{first_seed + num_latents}-{first_seed + num_latents + num_holdout - 1}',
+                    'eval_every': eval_every, 'returned_iteration': best_iteration,
+                    'loss_history': [row[0] for row in scored]},
+        'seed': seed, 'returned': 'lowest held-out loss among the scored iterates (start, every eval_every, final)',
         'reference': 'exact (DOP853, rtol 1e-11)' if analytic else f'Heun, EDM rho=7 grid, {REFERENCE_STEPS} steps',
         'final_training_loss': best_loss, 'start_training_loss': start_loss,
         'loss_history_every_10': history[::10],
         'cost': {'forward_evals': forward_evals, 'backward_evals': backward_evals,
-                 'reference_forward_evals': None if analytic else num_latents * nfe(REFERENCE_STEPS, 'heun'),
+                 'reference_forward_evals': None if analytic else (num_latents + num_holdout) * nfe(REFERENCE_STEPS,
+                                                                                                      'heun'),
                  'reference_cpu_seconds': round(reference_cpu, 3),
                  'cpu_seconds': round(time.process_time() - cpu0, 3),
                  'wall_seconds': round(time.perf_counter() - wall0, 3)},
         'code_version': code_version(),
     }
-    metrics = {'train_rms': math.sqrt(best_loss), 'train_rms_start': math.sqrt(start_loss)}
+    metrics = {'train_rms': math.sqrt(best_loss), 'train_rms_start': math.sqrt(start_loss),
+               'holdout_rms': math.sqrt(best_holdout), 'holdout_rms_start': math.sqrt(start_holdout)}
     return Schedule('direct', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,
                     metrics=metrics)

@@ -38,7 +38,12 @@ class ScheduleMaker:
                              f'{solver}')
         self.method, self.net, self.network, self.solver = method, net, network, solver
         self.options = dict(options or {})
-        self.warm_start = self.options.pop('warm_start', [])        # direct: makers whose grids are candidate starts
+        # direct: makers whose grids are candidate starts; by default the closed form's and gits', so that direct
+        # begins from the best grid known and stays the limit the other methods are measured against.
+        default_starts = ['closed-form', 'gits'] if method == 'direct' else []
+        self.warm_start = self.options.pop('warm_start', None)
+        if self.warm_start is None:
+            self.warm_start = [ScheduleMaker(name, net, network, solver) for name in default_starts]
         self._closed_form: Optional[Schedule] = None
         self._made: Dict[int, Schedule] = {}
 

@@ -30,3 +30,12 @@ def test_solver_specific_methods_refuse_other_solvers():
         with pytest.raises(ValueError, match=f'{method} makes grids for the euler and heun solvers, not rk4'):
             ScheduleMaker(method, net, 'analytic:gauss1d', solver='rk4')
     assert ScheduleMaker('closed-form', net, 'analytic:gauss1d', solver='dpmpp-2m').solver == 'dpmpp-2m'
+
+
+def test_direct_starts_from_the_closed_form_and_gits_by_default():
+    net = load_analytic('analytic:gauss:std=0.5,shape=1x2x2')
+    maker = ScheduleMaker('direct', net, 'gauss', options=dict(num_latents=16, num_holdout=16, iters=0))
+    assert [m.method for m in maker.warm_start] == ['closed-form', 'gits']
+    candidates = maker(3).provenance['init']['candidates_training_rms']
+    assert {'closed-form', 'gits'} <= set(candidates)
+    assert ScheduleMaker('direct', net, 'gauss', options=dict(warm_start=[])).warm_start == []
