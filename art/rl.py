@@ -124,11 +124,11 @@ class Learner:
     Config: ClassVar[type[LearnerConfig]] = LearnerConfig
 
     def __init__(self, net, cfg: LearnerConfig, rank: int = 0, device: torch.device | str = 'cpu',
-                 reduce: Optional[Reduce] = None):
+                 reduce: Optional[Reduce] = None, world: int = 1):
         if not isinstance(cfg, self.Config):
             raise TypeError(f'{type(self).__name__} needs a {self.Config.__name__}, not a {type(cfg).__name__}')
         self.net, self.cfg, self.rank, self.device = net, cfg, rank, torch.device(device)
-        self.reduce = reduce
+        self.reduce, self.world = reduce, world
         self.T = grids.horizon(net)                                              # T = 80 for EDM networks
         self.clock = PowerClock(self.T, cfg.rho)
         self.grid_steps = cfg.grid_steps
@@ -151,6 +151,10 @@ class Learner:
         """One iteration: rollout, updates; returns the iteration's statistics (averaged over processes)."""
         raise NotImplementedError
 
+    def trajectories(self, iters: int) -> int:
+        """Trajectories whose rollouts `iters` iterations simulate, all processes together (for the cost)."""
+        return iters * self.cfg.batch * self.world
+
     def schedule(self, mean: torch.Tensor, num_steps: int) -> dict:
         """The distilled schedule from the buffer's mean row (see `distill`)."""
         raise NotImplementedError
@@ -164,15 +168,20 @@ class Learner:
     def start(self, iteration: int, first_index: int, count: int) -> tuple:
         """Initial states x(0) ~ p_T (= T N(0, I)), random class labels and the policy noise z of `count` trajectories,
         each drawn from its own generator seeded by (seed, iteration, global index): draws follow seeds, not ranks."""
-        dev = self.device
         gens = [trajectory_generator(self.cfg.seed, iteration, first_index + i) for i in range(count)]
+        x, labels = self.initial_states(gens)
+        z = torch.stack([torch.randn(self.grid_steps, generator=g, dtype=torch.float64) for g in gens]).to(self.device)
+        return x, labels, z
+
+    def initial_states(self, gens: list[torch.Generator]) -> tuple:
+        """x(0) ~ p_T and a random one-hot class label (None for an unconditional net), one per generator."""
+        dev = self.device
         x = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float64) for g in gens]).to(dev) * self.T
         labels = None
         if getattr(self.net, 'label_dim', 0):
             idx = torch.stack([torch.randint(self.net.label_dim, (1,), generator=g)[0] for g in gens]).to(dev)
             labels = torch.eye(self.net.label_dim, device=dev)[idx]
-        z = torch.stack([torch.randn(self.grid_steps, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        return x, labels, z
+        return x, labels
 
     def descend(self, loss: torch.Tensor, stats: dict,
                 extra: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:

@@ -20,9 +20,12 @@ import torch
 from torch import nn
 
 from art.error_density import error_density, q_norm
-from art.rl import ARTDivergence, Learner, LearnerConfig, mlp
+from art.rl import ARTDivergence, Learner, LearnerConfig, mlp, trajectory_generator
 from art.schedules import Clock
 from edm import grids
+
+
+POOL_STREAM = 2 ** 32        # the `iteration` entry of the pool trajectories' generators: apart from every iteration
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -38,6 +41,8 @@ class ProgressConfig(LearnerConfig):
     actor: str = 'table'             # 'table': one log-mean per psi-grid step; 'mlp': a = NN(psi/U)
     log_std: float = 0.3             # theta = mu exp(log_std z), z ~ N(0, 1) (eq. R4)
     baseline: str = 'expected'       # 'expected': E_z[reward | q_k] (stands in for the critic); 'critic': TD error
+    pool: Optional[int] = None       # replay: error densities of this many trajectories, computed once (None: fresh)
+    pool_batch: int = 64             # trajectories per network call when the pool is computed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +54,8 @@ class ProgressConfig(LearnerConfig):
             raise ValueError('train_steps must be positive')
         if not self.log_std > 0:
             raise ValueError('log_std must be positive')
+        if self.pool is not None and self.pool < self.batch or self.pool_batch < 1:
+            raise ValueError('pool must be at least batch, and pool_batch positive')
 
     @property
     def grid_steps(self) -> int:
@@ -59,7 +66,8 @@ class ProgressConfig(LearnerConfig):
         """The progress form and its choices."""
         return ('progress domain (eqs. 9/14 in psi, budget int dpsi/theta = U): local Lagrangian gradient '
                 'q - gamma/theta**2 by likelihood ratio of log-normal exploration, baseline ' + self.baseline +
-                ', budget by exact renormalisation (gamma = C/B), actor ' + self.actor)
+                ', budget by exact renormalisation (gamma = C/B), actor ' + self.actor +
+                ('' if self.pool is None else f', error densities of {self.pool} trajectories replayed'))
 
     def feature_names(self) -> list[str]:
         """The actor sees where it is in progress: psi/U, or the psi-grid index for the table."""
@@ -90,6 +98,7 @@ class ProgressLearner(Learner):
         super().__init__(net, cfg, **kwargs)
         self.dpsi = self.clock.U / self.grid_steps                               # the uniform psi-grid
         self.v_scale: Optional[float] = None        # critic output scale V = v_scale NN, set from the first batch
+        self.pool_q: dict[int, torch.Tensor] = {}   # replay pool: q along trajectory j, computed at first use
 
     def make_actor(self, generator: torch.Generator) -> nn.Module:
         """A table (one a_k per psi-step) or an MLP of psi/U; both start at a = 0 (mu = 1: EDM's grid)."""
@@ -98,28 +107,57 @@ class ProgressLearner(Learner):
         return mlp(1, self.cfg.width, generator)
 
     @torch.no_grad()
-    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
-        """Roll out `count` trajectories on the psi-grid: x follows the fine Euler flow (policy-free), theta_k =
-        mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k (eq. R2)."""
-        cfg, M, dpsi, dev = self.cfg, self.grid_steps, self.dpsi, self.device
-        x, labels, z = self.start(iteration, first_index, count)
-        psi = torch.arange(M + 1, dtype=torch.float64, device=dev) * dpsi
-        sigma = self.levels(psi)
+    def densities(self, x: torch.Tensor, labels: Optional[torch.Tensor], iteration: int) -> torch.Tensor:
+        """q_k = |Q_u| (eq. M9) at every psi-grid step along the sampler's Euler flow from x (policy-free: eq. R2),
+        at max(sigma, sigma_floor); [count, M]."""
+        cfg, M = self.cfg, self.grid_steps
+        sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
         q_all = []
         for k in range(M):
             sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
             f, Q = error_density(self.net, x, sigma_eval, labels)
             speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
-            q_all.append((q_norm(Q).to(psi) * speed2).clamp(min=cfg.eps))       # |Q_u| at max(sigma, sigma_floor)
+            q_all.append((q_norm(Q).to(sigma) * speed2).clamp(min=cfg.eps))
             if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
                 raise ARTDivergence(f'non-finite error density at iteration {iteration}, sigma = {sigma_eval:.4g}')
             x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
-        q = torch.stack(q_all, dim=1)                                            # [count, M]
+        return torch.stack(q_all, dim=1)
+
+    def pool_densities(self, rows: list[int], iteration: int) -> torch.Tensor:
+        """q of the replay pool's trajectories `rows`, each computed once, pool_batch trajectories per network call.
+        Pool trajectory j starts from its own generator (seed, POOL_STREAM, j), so the pool depends on the seed only."""
+        missing = sorted(set(rows) - self.pool_q.keys())
+        for at in range(0, len(missing), self.cfg.pool_batch):
+            chunk = missing[at:at + self.cfg.pool_batch]
+            x, labels = self.initial_states([trajectory_generator(self.cfg.seed, POOL_STREAM, j) for j in chunk])
+            for j, q in zip(chunk, self.densities(x, labels, iteration).cpu()):
+                self.pool_q[j] = q
+        return torch.stack([self.pool_q[j] for j in rows]).to(self.device)
+
+    def trajectories(self, iters: int) -> int:
+        """Trajectories whose error densities `iters` iterations compute, all processes together (the pool once)."""
+        fresh = super().trajectories(iters)
+        return fresh if self.cfg.pool is None else min(fresh, self.cfg.pool)
+
+    @torch.no_grad()
+    def rollout(self, iteration: int, first_index: int, count: int) -> dict:
+        """Roll out `count` trajectories on the psi-grid: x follows the fine Euler flow (policy-free), theta_k =
+        mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k (eq. R2).
+        With a replay pool the error densities of pool trajectories are replayed in turn (global batch index
+        iteration * batch * world + first_index + i, modulo the pool); only the policy noise z is new."""
+        cfg, dpsi = self.cfg, self.dpsi
+        x, labels, z = self.start(iteration, first_index, count)
+        if cfg.pool is None:
+            q = self.densities(x, labels, iteration)                             # [count, M]
+        else:
+            first = iteration * cfg.batch * self.world + first_index
+            q = self.pool_densities([(first + i) % cfg.pool for i in range(count)], iteration)
+        psi = torch.arange(self.grid_steps, dtype=torch.float64, device=self.device) * dpsi
         mu = self.log_mean().exp().expand_as(q)
         theta = mu * (cfg.log_std * z).exp()                                     # eq. R4
         duration = dpsi / theta
         t = torch.cat([torch.zeros_like(duration[:, :1]), duration.cumsum(1)[:, :-1]], dim=1)
-        traj = dict(psi=psi[:-1].expand_as(q), t=t, q=q, z=z, theta=theta, mu=mu, t_T=duration.sum(1),
+        traj = dict(psi=psi.expand_as(q), t=t, q=q, z=z, theta=theta, mu=mu, t_T=duration.sum(1),
                     cost=(q * theta).sum(1) * dpsi)
         if not all(torch.isfinite(v).all() for v in traj.values()):
             raise ARTDivergence(f'non-finite rollout at iteration {iteration}')
@@ -188,10 +226,15 @@ class ProgressLearner(Learner):
         return dict(sigmas=sigmas, clock=dict(u=u.tolist(), sigma=sigma.tolist()), theta=theta)
 
     def state_dict(self) -> dict:
-        """The base snapshot and the critic's scale."""
-        return dict(super().state_dict(), v_scale=self.v_scale)
+        """The base snapshot, the critic's scale and the replay pool's error densities computed so far."""
+        rows = sorted(self.pool_q)
+        pool = (torch.stack([self.pool_q[j] for j in rows]) if rows
+                else torch.zeros(0, self.grid_steps, dtype=torch.float64))
+        return dict(super().state_dict(), v_scale=self.v_scale, pool_rows=torch.tensor(rows, dtype=torch.int64),
+                    pool_q=pool)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a snapshot (see Learner.load_state_dict) and the critic's scale."""
+        """Restore a snapshot (see Learner.load_state_dict), the critic's scale and the replay pool."""
         super().load_state_dict(state)
+        self.pool_q = dict(zip(state['pool_rows'].tolist(), state['pool_q'].to(torch.float64)))
         self.v_scale = None if state['v_scale'] is None else float(state['v_scale'])

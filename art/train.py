@@ -147,7 +147,8 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
                 device: torch.device, progress: bool = True) -> tuple:
     """Run (or continue from its snapshot) the preset's ART-RL learner to cfg.iters; returns it and its cost."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    learner = PRESETS[preset](net, cfg, rank=rank, device=device, reduce=mean_over_ranks if world > 1 else None)
+    learner = PRESETS[preset](net, cfg, rank=rank, device=device, reduce=mean_over_ranks if world > 1 else None,
+                              world=world)
     snapshot = snapshot_path(run_dir, tag, rank)
     stats_log = StatsLog(run_dir, enabled=(rank == 0))
     if os.path.exists(snapshot):
@@ -179,7 +180,7 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
             bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}', refresh=False)
             if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
                 save_snapshot()
-    evals = cfg.iters * cfg.batch * learner.grid_steps * world               # rollout levels
+    evals = learner.trajectories(cfg.iters) * learner.grid_steps              # rollout levels, all processes
     cost = dict(forward_evals=evals, jvp_evals=evals,
                 cpu_seconds_this_session_rank0=round(time.process_time() - cpu0, 2),
                 wall_seconds_this_session=round(time.perf_counter() - wall0, 2))

@@ -9,9 +9,10 @@ from art.rl import ARTDivergence
 from art.rl_progress import ProgressConfig, ProgressLearner
 from art.rl_time import TimeConfig, TimeLearner
 
-LEARNERS = {'time': TimeLearner, 'progress': ProgressLearner}
+LEARNERS = {'time': TimeLearner, 'progress': ProgressLearner, 'progress-pool': ProgressLearner}
 SMALL = {'time': dict(steps=3, batch=2, distill_size=5, variance_reduction=True),
-         'progress': dict(steps=2, train_steps=6, batch=2, distill_size=5)}
+         'progress': dict(steps=2, train_steps=6, batch=2, distill_size=5),
+         'progress-pool': dict(steps=2, train_steps=6, batch=2, distill_size=5, pool=8)}    # replayed densities
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +28,7 @@ def train(net, form: str, iters: int, **kw):
     return learner
 
 
-@pytest.mark.parametrize('form', ['time', 'progress'])
+@pytest.mark.parametrize('form', ['time', 'progress', 'progress-pool'])
 def test_two_runs_are_identical_and_resume_is_exact(gauss1d, tmp_path, form):
     a = train(gauss1d, form, 6)
     torch.save(train(gauss1d, form, 3).state_dict(), tmp_path / 'snap.pt')
@@ -59,13 +60,15 @@ def test_a_learner_takes_only_its_own_config(gauss1d):
         ProgressLearner(gauss1d, TimeConfig())
 
 
-@pytest.mark.parametrize('form', ['time', 'progress'])
+@pytest.mark.parametrize('form', ['time', 'progress', 'progress-pool'])
 def test_two_ranks_equal_one_process_with_twice_the_batch(gauss1d, form):
-    """Ranks average gradients, gamma increment and statistics through the hook: 2 x b equals 1 x 2b."""
+    """Ranks average gradients, gamma increment and statistics through the hook: 2 x b equals 1 x 2b (with a replay
+    pool the ranks replay the same trajectories as the single process: the global batch index decides)."""
     cfg = dict(steps=3, batch=2, lr=3e-3, gamma_lr=3e-3, variance_reduction=True) if form == 'time' else \
         dict(steps=3, batch=2, train_steps=5)
     single = train(gauss1d, form, 2, **dict(cfg, batch=4))
-    ranks = [LEARNERS[form](gauss1d, LEARNERS[form].Config(**dict(SMALL[form], **cfg)), rank=r) for r in (0, 1)]
+    ranks = [LEARNERS[form](gauss1d, LEARNERS[form].Config(**dict(SMALL[form], **cfg)), rank=r, world=2)
+             for r in (0, 1)]
 
     class Hook:
         """An all-reduce: calls already agreed return the average; the first new call is recorded (probing)."""

@@ -90,3 +90,33 @@ def test_invalid_options_are_refused():
     for other_learners in (dict(domain='space'), dict(gamma_update='sa'), dict(mean_param='linear'), dict(lam=0.1)):
         with pytest.raises(TypeError):
             ProgressConfig(**other_learners)
+
+
+def test_replay_pool_computes_each_trajectory_once_and_still_beats_edm(tmp_path):
+    """With pool=32 the error densities of 32 trajectories are computed once and replayed with fresh policy noise for
+    200 iterations x 8: 32 rollouts instead of 1,600 (measured here: rms 1.082 against 1.073 with fresh rollouts and
+    1.686 for EDM rho=7; CPU 1 s against 20 s)."""
+    from art.metrics import reference_endpoints, rms_error
+    from art.rl import trajectory_generator
+    from art.rl_progress import POOL_STREAM
+    from edm.grids import edm_sigmas
+    from edm.sampler import sample
+    torch.set_num_threads(1)
+    write_random_gmm(tmp_path / 'gmm.npz', k=8, shape=(1, 4, 4), seed=0)
+    net = load_analytic(f'analytic:gmm:{tmp_path / "gmm.npz"}')
+    cfg = ProgressConfig(steps=5, train_steps=32, batch=8, distill_size=80, iters=200, pool=32)
+    learner = ProgressLearner(net, cfg)
+    calls = []
+    densities = learner.densities
+    learner.densities = lambda x, labels, it: calls.append(len(x)) or densities(x, labels, it)
+    for _ in range(cfg.iters):
+        learner.step()
+    assert sum(calls) == 32 == learner.trajectories(cfg.iters) and sorted(learner.pool_q) == list(range(32))
+    x, labels = learner.initial_states([trajectory_generator(0, POOL_STREAM, j) for j in (3, 17)])
+    # the same trajectories rolled out again (a batch of 2, not of 32: summation order moves the last bits)
+    torch.testing.assert_close(densities(x, labels, 0), torch.stack([learner.pool_q[3], learner.pool_q[17]]),
+                               rtol=1e-12, atol=0)
+    latents = torch.randn(128, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = reference_endpoints(net, latents, 80.0)
+    rms = lambda s: rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
+    assert rms(learner.distill()['sigmas']) < 0.85 * rms(edm_sigmas(5, 0.002, 80.0, 7.0))
