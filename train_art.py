@@ -22,10 +22,11 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
-from art.methods import METHODS
+from art.methods import METHODS, SOLVER_SPECIFIC
 from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
 from edm.cli import Command, check_output_dir, int_list_callback, parse_device
 from edm.generation import load_on_ranks
+from edm.sampler import SOLVERS
 from torch_utils import distributed as dist
 
 @click.command(cls=Command)
@@ -57,6 +58,9 @@ from torch_utils import distributed as dist
               show_default=True)
 @click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
               type=click.IntRange(min=1), default=256, show_default=True)
+@click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True,
+              help='The solver the grid is made for: direct and gits optimise through it; ART (art-rl, closed-form) '
+                   'minimises the Euler error and serves every solver, so it takes euler only')
 @click.option('--resume', help='Continue the run in this directory', metavar='DIR', type=str)
 @click.option('--desc', help='String to include in the run directory name', metavar='STR', type=str)
 @click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='DEVICE', type=str,
@@ -64,8 +68,8 @@ from torch_utils import distributed as dist
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
 @click.pass_context
 def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[int], method: str, preset: str,
-         snap: int, cf_samples: int, resume: Optional[str], desc: Optional[str], device: torch.device,
-         trust_pickle: bool, **rl_options) -> None:
+         snap: int, cf_samples: int, solver: str, resume: Optional[str], desc: Optional[str],
+         device: torch.device, trust_pickle: bool, **rl_options) -> None:
     """Learn timestep schedules for a network: ART-RL, training-free ART, or a peer method."""
     dist.init()
     # ART-RL options given on the command line (named as fields of the learner's config) override the preset's.
@@ -76,6 +80,9 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
         check_output_dir(run_dir, '--resume')
     else:
         check_output_dir(outdir, '--outdir')
+        if solver not in SOLVER_SPECIFIC.get(method, ('euler',)):
+            raise UserError(f'--method={method} makes grids for --solver='
+                            f'{" or ".join(SOLVER_SPECIFIC.get(method, ("euler",)))}, not {solver}')
     network = opts.network if resume else network or DEFAULT_NETWORK
     net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)
     if not resume:
@@ -94,7 +101,7 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
         name = desc or f'{method}-{network_name(network)}'
         run_dir = next_run_dir(outdir, f'{name}-k{"_".join(map(str, steps))}'.replace('/', '_'))
         opts = RunOptions(network=network, steps=steps, method=method, preset=chosen, rl=rl, snap=snap,
-                          cf_samples=cf_samples, world_size=dist.get_world_size())
+                          cf_samples=cf_samples, solver=solver, world_size=dist.get_world_size())
     dist.barrier()                                  # every rank has named the run directory before rank 0 makes it
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)

@@ -70,6 +70,7 @@ class RunOptions:
     rl: Dict[str, Any]           # ART-RL options given on the command line (config field names), seed included
     snap: int                    # iterations between snapshots
     cf_samples: int              # trajectories of the closed form's estimate of E|Q|
+    solver: str                  # the solver the grids are made for (direct, gits); euler for ART
     world_size: int              # processes of the run
 
     @classmethod
@@ -206,7 +207,7 @@ def train_schedules(net: torch.nn.Module, run_dir: str, opts: RunOptions, device
     ART-RL uses the learner of opts.preset with the options opts.rl; a non-RL method is made by its ScheduleMaker.
     """
     paths, learner = [], None
-    maker = None if opts.method == 'art-rl' else ScheduleMaker(opts.method, net, opts.network, 'euler',
+    maker = None if opts.method == 'art-rl' else ScheduleMaker(opts.method, net, opts.network, opts.solver,
                                                                 opts.method_options())
     if dist.get_rank() == 0:                       # temporary files of writes interrupted by a kill
         for stale in glob.glob(os.path.join(run_dir, '.*.tmp')):

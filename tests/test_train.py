@@ -147,6 +147,8 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     (['--network=analytic:gauss1d', '--method=magic'], 'method'),
     (['--resume=/no/such/run'], 'cannot read'),
     (['--network=analytic:gauss:std=0.5,shape=1x2x2', '--lambda=0.2'], '--lambda: not an option of the images'),
+    (['--network=analytic:gauss1d', '--method=closed-form', '--solver=heun'], 'makes grids for --solver=euler'),
+    (['--network=analytic:gauss1d', '--method=gits', '--solver=rk4'], 'makes grids for --solver=euler or heun'),
 ])
 def test_bad_input(tmp_path, args, pattern):
     out = _train(args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
@@ -184,3 +186,11 @@ def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and lines[-1].startswith('error: ') and 'diverged' in lines[-1], out.stderr
     assert not any((tmp_path / 'runs').rglob('schedule-*.json'))
+
+
+def test_peer_method_grid_is_made_for_the_given_solver(tmp_path):
+    out = _train(['--network=analytic:gauss1d', '--method=gits', '--solver=heun', '--steps=3', f'--outdir={tmp_path}'])
+    assert out.returncode == 0, out.stderr
+    schedule = load_schedule(os.path.join(_only_run_dir(tmp_path), 'schedule-k3.json'))
+    assert schedule.method == 'gits' and schedule.solver == 'heun'
+    assert schedule.provenance['run_options']['solver'] == 'heun'
