@@ -43,6 +43,7 @@ class ProgressConfig(LearnerConfig):
     baseline: str = 'expected'       # 'expected': E_z[reward | q_k] (stands in for the critic); 'critic': TD error
     pool: Optional[int] = None       # replay: error densities of this many trajectories, computed once (None: fresh)
     pool_batch: int = 64             # trajectories per network call when the pool is computed
+    q_mode: str = 'jvp'              # Q by forward-mode AD ('jvp') or a finite difference along the flow ('fd')
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +57,8 @@ class ProgressConfig(LearnerConfig):
             raise ValueError('log_std must be positive')
         if self.pool is not None and self.pool < self.batch or self.pool_batch < 1:
             raise ValueError('pool must be at least batch, and pool_batch positive')
+        if self.q_mode not in ('jvp', 'fd'):
+            raise ValueError(f"q_mode must be 'jvp' or 'fd', not {self.q_mode!r}")
 
     @property
     def grid_steps(self) -> int:
@@ -115,7 +118,7 @@ class ProgressLearner(Learner):
         q_all = []
         for k in range(M):
             sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
-            f, Q = error_density(self.net, x, sigma_eval, labels)
+            f, Q = error_density(self.net, x, sigma_eval, labels, mode=cfg.q_mode)
             speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
             q_all.append((q_norm(Q).to(sigma) * speed2).clamp(min=cfg.eps))
             if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
