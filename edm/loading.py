@@ -1,14 +1,17 @@
-"""Loading network pickles in upstream EDM's format, safely by default.
+"""Loading network pickles in upstream EDM's and EDM2's format, safely by default.
 
 Safe mode (the default) executes nothing that the file carries:
 - a restricted unpickler resolves only the globals a network pickle needs (tensor and parameter rebuilding,
   `collections.OrderedDict`, torch module containers, NumPy scalars, dtypes and arrays, `dnnlib.util.EasyDict`
   and the persistence hook); any other global is refused with a message that names it;
-- tensor storages are read with `torch.load(..., weights_only=True)` instead of the unrestricted loader;
+- tensor storages are small legacy `torch.save` streams: their header may reference torch's typed storage classes
+  and nothing else, and they are read with `torch.load(..., weights_only=True)` instead of the unrestricted loader;
 - a persistent object (docs/edm-compat.md §5.2) becomes a record of its metadata. Records whose `class_name`
-  is one of ours are rebuilt by calling our constructor with the recorded constructor arguments and loading the
-  recorded parameters and buffers strictly; the embedded `module_src` is never run. Other records stay as inert
-  `PersistentPlaceholder` objects that keep their metadata and raise a clear error when used.
+  is one of ours (EDM's networks, losses and augmentation; EDM2's networks and encoders) are rebuilt by calling our
+  constructor with the recorded constructor arguments (large networks on the meta device, so that their random
+  initial weights are neither drawn nor held) and loading the recorded parameters and buffers strictly, in the dtype
+  the file holds them (EDM2 snapshots are float16); the embedded `module_src` is never run. Other records (EDM2's
+  `EDM2Loss`, say) stay as inert `PersistentPlaceholder` objects that keep their metadata and fail clearly when used.
 
 With `trust_embedded_code=True` the file is read with the plain unpickler and `torch_utils.persistence`, which runs
 the embedded module source as upstream does (needed for architectures that are not ours).
@@ -16,8 +19,10 @@ the embedded module source as upstream does (needed for architectures that are n
 
 import collections
 import io
+import itertools
 import os
 import pickle
+import pickletools
 import warnings
 from typing import Any, Dict, Iterator, Tuple
 
@@ -28,10 +33,18 @@ from numpy._core import multiarray as _multiarray
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import persistence
-from training import augment, loss, networks
+from training import augment, encoders, loss, networks, networks_edm2
 
-# Modules whose persistent classes safe mode rebuilds as ours.
-_OUR_MODULES = (networks, loss, augment)
+# Modules whose persistent classes safe mode rebuilds as ours (pickles name a class, not its module).
+_OUR_MODULES = (networks, loss, augment, networks_edm2, encoders)
+
+# From this many tensor elements on, a network is built on the meta device: that costs a fixed ~1.5 s (torch imports
+# its meta kernels on first use), drawing the random initial weights on the CPU ~30 ns per element and their memory.
+_META_BUILD_MIN_ELEMENTS = 50_000_000
+
+# The only globals a pickled tensor storage may reference: torch's typed storage classes (legacy torch.save format).
+_STORAGE_GLOBALS = frozenset(f'torch {kind}Storage' for kind in
+                             ('Half', 'BFloat16', 'Float', 'Double', 'Byte', 'Char', 'Short', 'Int', 'Long', 'Bool'))
 
 
 class PickleSecurityError(UserError):
@@ -82,8 +95,30 @@ class _Record:
         return self.meta['state']
 
 
+def _check_storage_stream(data: bytes) -> None:
+    """Refuse a storage stream that is not torch's legacy format or whose header references other globals.
+
+    The legacy format is five pickles (magic number, protocol version, system info, the storage as a persistent id
+    naming its typed storage class, the storage keys) followed by the raw data.
+    """
+    stream = io.BytesIO(data)
+    try:
+        for _ in range(5):
+            for opcode, arg, _pos in pickletools.genops(stream):
+                if opcode.name in ('GLOBAL', 'INST') and arg not in _STORAGE_GLOBALS:
+                    raise PickleSecurityError(f'an embedded tensor storage references the global '
+                                              f'{arg.replace(" ", ".")}, which safe loading does not allow')
+                if opcode.name in ('STACK_GLOBAL', 'EXT1', 'EXT2', 'EXT4'):
+                    raise PickleSecurityError('an embedded tensor storage looks up globals indirectly')
+    except ValueError as exc:
+        raise PickleSecurityError(f'an embedded tensor storage is not in torch\'s legacy format ({exc})') from None
+
+
 def _load_storage(data: bytes) -> Any:
     """Rebuild a tensor storage embedded by plain pickling, with torch's weights-only loader."""
+    if not isinstance(data, bytes):
+        raise PickleSecurityError('an embedded tensor storage is not a byte string')
+    _check_storage_stream(data)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
         try:
@@ -139,9 +174,9 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _our_classes() -> Dict[str, type]:
-    """Persistent classes that safe mode rebuilds, by class name."""
+    """Persistent classes that safe mode rebuilds, by class name (unique across `_OUR_MODULES`)."""
     return {name: obj for module in _OUR_MODULES for name, obj in vars(module).items()
-            if isinstance(obj, type) and persistence.is_persistent(obj)}
+            if isinstance(obj, type) and persistence.is_persistent(obj) and obj.__module__ == module.__name__}
 
 
 def _children(node: Any) -> Iterator[Tuple[str, Any]]:
@@ -176,6 +211,18 @@ def _unknown_classes(node: Any, classes: Dict[str, type]) -> Iterator[str]:
         yield from _unknown_classes(child, classes)
 
 
+def _construct(cls: type, args: tuple, kwargs: dict, on_meta: bool) -> Any:
+    """Call our constructor, on the meta device if asked and the constructor allows (loading then replaces every
+    tensor the network holds)."""
+    if on_meta and issubclass(cls, torch.nn.Module):
+        try:
+            with torch.device('meta'):
+                return cls(*args, **kwargs)
+        except Exception:   # a constructor that reads tensor values (iDDPMPrecond's noise levels) runs on the CPU
+            pass
+    return cls(*args, **kwargs)
+
+
 def _materialise(record: _Record, classes: Dict[str, type]) -> Any:
     """Build our object for a record (constructor arguments + strict weights), or a placeholder."""
     unknown = sorted(set(_unknown_classes(record, classes)))
@@ -184,21 +231,25 @@ def _materialise(record: _Record, classes: Dict[str, type]) -> Any:
     state = record.state
     args = state.get('_init_args') or ()
     kwargs = state.get('_init_kwargs') or {}
+    weights = _flat_state(record)
+    on_meta = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor)) >= _META_BUILD_MIN_ELEMENTS
     try:
-        obj = classes[record.class_name](*args, **dict(kwargs))
+        obj = _construct(classes[record.class_name], args, dict(kwargs), on_meta)
     except Exception as exc:
         raise UserError(f'cannot rebuild {record.class_name} from its recorded constructor arguments '
                         f'({type(exc).__name__}: {str(exc).splitlines()[0][:200]})') from None
     if isinstance(obj, torch.nn.Module):
-        weights = _flat_state(record)
+        requires_grad = {name: tensor.requires_grad for name, tensor in weights.items()}   # assign=True resets it
         try:
-            obj.load_state_dict(weights, strict=True)
+            obj.load_state_dict(weights, strict=True, assign=True)   # the file's tensors, in the file's dtype
         except RuntimeError as exc:
             raise UserError(f'the weights of {record.class_name} do not fit our implementation '
                             f'({str(exc).splitlines()[0][:200]}...)') from None
+        if any(t.is_meta for t in itertools.chain(obj.parameters(), obj.buffers())):
+            raise UserError(f'{record.class_name} holds tensors that the file does not provide')
         obj.train(bool(state.get('training', False)))
         for name, param in obj.named_parameters():
-            param.requires_grad_(weights[name].requires_grad)
+            param.requires_grad_(requires_grad[name])
     return obj
 
 
@@ -208,8 +259,9 @@ def _safe_load(f: Any) -> Any:
     classes = _our_classes()
     if isinstance(data, _Record):
         return _materialise(data, classes)
-    if isinstance(data, dict):
-        return {key: _materialise(value, classes) if isinstance(value, _Record) else value for key, value in data.items()}
+    if isinstance(data, dict):   # a dnnlib.EasyDict (EDM2, older EDM) stays one
+        return type(data)((key, _materialise(value, classes) if isinstance(value, _Record) else value)
+                          for key, value in data.items())
     return data
 
 

@@ -1,18 +1,25 @@
 """edm.loading: safe loading of network pickles refuses hostile files without running them."""
+import copy
 import io
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_edm_net, write_network_pkl
+import dnnlib
+from conftest import FIXTURES, ROOT, tiny_edm_net, write_network_pkl
 from dnnlib.util import UserError
+from edm import loading
 from edm.loading import PersistentPlaceholder, PickleSecurityError, load_network_pkl
 from torch_utils import persistence
 from training import networks
+from training.encoders import StandardRGBEncoder
+from training.networks_edm2 import Precond
 
 
 class _Reduce:
@@ -148,3 +155,194 @@ def test_loss_and_augment_pipe_come_back_as_our_classes(tmp_path):
     assert type(data['loss_fn']) is EDMLoss and data['loss_fn'].init_kwargs == dict(P_mean=-1.0)
     assert type(data['augment_pipe']) is AugmentPipe and data['augment_pipe'].init_kwargs == pipe.init_kwargs
     assert data['dataset_kwargs']['class_name'] == 'training.dataset.ImageFolderDataset'
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EDM2 snapshots (tests/fixtures/edm2-compat, written by upstream EDM2; see its README).
+
+EDM2_SNAPSHOT = FIXTURES / 'edm2-compat' / 'edm2_snapshot_tiny.nosrc.pkl'
+
+# Every global the snapshot references (README of the fixtures), and the only one inside its storage streams.
+EDM2_GLOBALS = {('dnnlib.util', 'EasyDict'), ('torch_utils.persistence', '_reconstruct_persistent_obj'),
+                ('torch.nn.modules.container', 'ModuleDict'), ('collections', 'OrderedDict'),
+                ('torch._utils', '_rebuild_parameter'), ('torch._utils', '_rebuild_tensor_v2'),
+                ('torch.storage', '_load_from_bytes')}
+
+
+def _edm2_snapshot(ema, **entries) -> dnnlib.EasyDict:
+    """A snapshot dict laid out as EDM2's training loop writes it (the loss is left out: it is not ours)."""
+    data = dnnlib.EasyDict(encoder=StandardRGBEncoder(), dataset_kwargs=dnnlib.EasyDict(
+        class_name='training.dataset.ImageFolderDataset', path='datasets/tiny-img8.zip', use_labels=True), loss_fn=None)
+    data.update(entries)
+    data.ema = ema
+    return data
+
+
+def _tiny_edm2_net():
+    """EDM2's Precond built by name with the fixture snapshot's arguments, as a float16 EMA snapshot holds it."""
+    kwargs = dict(model_channels=16, dropout=0.0, use_fp16=True, channel_mult=[1, 2], num_blocks=1,
+                  attn_resolutions=[4], channels_per_head=16, img_resolution=8, img_channels=3, label_dim=10)
+    net = dnnlib.util.construct_class_by_name(class_name='training.networks_edm2.Precond', **kwargs)
+    return net.eval().requires_grad_(False).to(torch.float16)
+
+
+class _RecordingUnpickler(loading._SafeUnpickler):
+    """The safe unpickler, noting every global it resolves and the globals inside every storage stream."""
+
+    def __init__(self, f):
+        super().__init__(f)
+        self.globals, self.storage_globals = set(), set()
+
+    def find_class(self, module, name):
+        self.globals.add((module, name))
+        found = super().find_class(module, name)
+        if (module, name) != ('torch.storage', '_load_from_bytes'):
+            return found
+
+        def load_storage(data):
+            stream = io.BytesIO(data)
+            for _ in range(5):   # the five pickles of torch's legacy format, then raw data
+                self.storage_globals |= {arg for op, arg, _ in pickletools.genops(stream) if op.name == 'GLOBAL'}
+            return found(data)
+        return load_storage
+
+
+def test_edm2_snapshot_loads_safely_and_matches_upstream():
+    arrays = np.load(EDM2_SNAPSHOT.with_name('edm2_snapshot_tiny.npz'))
+    data = load_network_pkl(str(EDM2_SNAPSHOT))
+    assert type(data) is dnnlib.EasyDict and list(data) == ['encoder', 'dataset_kwargs', 'loss_fn', 'ema']
+    assert type(data.encoder) is StandardRGBEncoder
+    assert data.dataset_kwargs == dict(class_name='training.dataset.ImageFolderDataset', path='datasets/tiny-img8.zip',
+                                       use_labels=True)
+    assert isinstance(data.loss_fn, PersistentPlaceholder) and data.loss_fn.class_name == 'EDM2Loss'
+    assert data.loss_fn.meta['state']['P_mean'] == -0.8 and data.loss_fn.meta['state']['P_std'] == 1.6
+    net = data.ema
+    assert type(net) is Precond and not net.training and not any(p.requires_grad for p in net.parameters())
+    state = net.state_dict()
+    expected = {k[len('state.'):]: v for k, v in arrays.items() if k.startswith('state.')}
+    assert list(state) == list(expected)
+    assert all(state[k].dtype == torch.float16 and np.array_equal(state[k].numpy(), v) for k, v in expected.items())
+
+    x, sigma = torch.from_numpy(arrays['in.x']), torch.from_numpy(arrays['in.sigma'])
+    labels = torch.from_numpy(arrays['in.class_labels'])
+    # float16 parameters as generate_images runs them on the CPU, then cast to float32: the two differ by 5e-5 of
+    # the output scale (gains divided in float16), 1e-5 is float32 round-off (tests/test_networks_edm2.py).
+    for suffix, model in [('fp16_params', net), ('float32_params', copy.deepcopy(net).to(torch.float32))]:
+        with torch.no_grad():
+            D, logvar = model(x, sigma, labels, return_logvar=True)
+        for actual, key in [(D, f'out.D_{suffix}'), (logvar, f'out.logvar_{suffix}')]:
+            np.testing.assert_allclose(actual.numpy(), arrays[key], rtol=0, atol=1e-5 * np.abs(arrays[key]).max())
+    assert torch.equal(data.encoder.decode(torch.from_numpy(arrays['out.D_fp16_params'])),
+                       torch.from_numpy(arrays['out.encoder_decode_of_D_fp16_params']))
+
+
+def test_edm2_snapshot_needs_exactly_the_allowed_globals():
+    with open(EDM2_SNAPSHOT, 'rb') as f:
+        unpickler = _RecordingUnpickler(f)
+        unpickler.load()
+    assert unpickler.globals == EDM2_GLOBALS and EDM2_GLOBALS <= set(loading._SAFE_GLOBALS)
+    assert unpickler.storage_globals == {'torch HalfStorage'}
+
+
+def _edm2_hostile_pickles(marker):
+    """(name, pickled bytes) of EDM2-style files that must be refused; each would create `marker` if run."""
+    touch = f'touch {marker}'
+    yield 'os.system beside a valid EDM2 network', pickle.dumps(_edm2_snapshot(_tiny_edm2_net(),
+                                                                               loss_fn=_Reduce(os.system, touch)))
+    # The upstream file itself with its EasyDict global swapped for another dnnlib.util function of the same length.
+    swapped = EDM2_SNAPSHOT.read_bytes().replace(b'\x8c\x08EasyDict', b'\x8c\x08open_url')
+    yield 'upstream file, one global swapped', swapped
+    blob = pickle.dumps(torch.zeros(2, dtype=torch.float16))   # any tensor: take one of its storage streams
+    storage = next(arg for op, arg, _ in pickletools.genops(blob) if op.name in ('BINBYTES', 'SHORT_BINBYTES'))
+    assert b'ctorch\nHalfStorage\n' in storage
+    evil = storage.replace(b'ctorch\nHalfStorage\n', b'cposix\nsystem\n')
+    yield 'os.system inside a storage stream', pickle.dumps(dict(ema=_Reduce(torch.storage._load_from_bytes, evil)))
+    evil_src = f'import os\nos.system({touch!r})\nclass Precond:\n    pass\n'
+    yield 'Precond with evil module_src', pickle.dumps(_edm2_snapshot(_persistent('Precond', evil_src)))
+
+
+@pytest.mark.parametrize('index', range(4))
+def test_edm2_hostile_variants_are_refused_without_running(tmp_path, index):
+    marker = tmp_path / 'pwned'
+    name, data = list(_edm2_hostile_pickles(marker))[index]
+    path = tmp_path / 'hostile.pkl'
+    path.write_bytes(data)
+    with pytest.raises(UserError) as info:
+        load_network_pkl(str(path))
+    message = str(info.value)
+    assert '\n' not in message and 'hostile.pkl' in message, (name, message)
+    assert not marker.exists(), f'{name}: the pickle ran code'
+    expected = {0: 'posix.system', 1: 'dnnlib.util.open_url', 2: 'posix.system'}.get(index)
+    assert expected is None or expected in message, (name, message)
+
+
+def _records(node, path='data'):
+    """(path, what) pairs describing a safely unpickled tree: classes, state keys in order, tensors' dtype, shape
+    and requires_grad, and every other value."""
+    if isinstance(node, loading._Record):
+        yield path, ('record', node.meta['type'], node.meta['version'], node.class_name, list(node.state))
+        node = node.state
+    elif isinstance(node, torch.nn.Module):   # a plain container such as ModuleDict
+        yield path, (type(node), list(vars(node)))
+        node = vars(node)
+    if isinstance(node, dict):
+        yield path, (type(node), list(node))
+        for key, value in node.items():
+            yield from _records(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        yield path, (type(node), len(node))
+        for i, value in enumerate(node):
+            yield from _records(value, f'{path}[{i}]')
+    elif isinstance(node, torch.Tensor):
+        yield path, (type(node), node.dtype, tuple(node.shape), node.requires_grad)
+    else:
+        yield path, (type(node), node)
+
+
+def test_edm2_pickle_written_here_has_upstream_layout(tmp_path):
+    ours = pickle.dumps(_edm2_snapshot(_tiny_edm2_net()))
+    with open(EDM2_SNAPSHOT, 'rb') as f:
+        theirs = _RecordingUnpickler(f)
+        reference = theirs.load()
+    written = _RecordingUnpickler(io.BytesIO(ours))
+    data = written.load()
+    assert (written.globals, written.storage_globals) == (theirs.globals, theirs.storage_globals)
+    assert list(data) == list(reference)
+    for key in ('encoder', 'dataset_kwargs', 'ema'):   # the loss is upstream's class, not ours
+        assert list(_records(data[key], key)) == list(_records(reference[key], key))
+    (tmp_path / 'ours.pkl').write_bytes(ours)
+    assert type(load_network_pkl(str(tmp_path / 'ours.pkl'))['ema']) is Precond
+
+
+def test_vae_encoder_in_a_snapshot_loads_safely(tmp_path):
+    from training.encoders import StabilityVAEEncoder
+    path = tmp_path / 'latent.pkl'
+    path.write_bytes(pickle.dumps(_edm2_snapshot(_tiny_edm2_net(), encoder=StabilityVAEEncoder(batch_size=4))))
+    encoder = load_network_pkl(str(path)).encoder
+    assert type(encoder) is StabilityVAEEncoder and encoder._vae is None and encoder.init_kwargs == dict(batch_size=4)
+    np.testing.assert_array_equal(encoder.scale, StabilityVAEEncoder().scale)
+
+
+def test_our_persistent_class_names_are_unique():
+    names = [name for module in loading._OUR_MODULES for name, obj in vars(module).items()
+             if isinstance(obj, type) and persistence.is_persistent(obj) and obj.__module__ == module.__name__]
+    assert len(names) == len(set(names)) and {'Precond', 'UNet', 'Block', 'MPConv', 'MPFourier',
+                                                 'StandardRGBEncoder', 'StabilityVAEEncoder'} <= set(names)
+
+
+def test_networks_built_on_meta_load_the_same(monkeypatch, tmp_path):
+    # Large networks are built on the meta device; force that path for tiny ones (iDDPMPrecond's constructor reads
+    # tensor values, so it falls back to the CPU).
+    cpu = load_network_pkl(str(EDM2_SNAPSHOT)).ema
+    iddpm = networks.iDDPMPrecond(img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1, 2],
+                                  num_blocks=1, attn_resolutions=[4]).eval()
+    path = write_network_pkl(tmp_path / 'iddpm.pkl', iddpm)
+    monkeypatch.setattr(loading, '_META_BUILD_MIN_ELEMENTS', 0)
+    meta = load_network_pkl(str(EDM2_SNAPSHOT)).ema
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(cpu.state_dict().values(),
+                                                                        meta.state_dict().values()))
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(meta(x, torch.tensor(1.5)), cpu(x, torch.tensor(1.5)))
+    loaded = load_network_pkl(path)['ema']
+    assert loaded.sigma_min == iddpm.sigma_min
+    assert torch.equal(loaded(x, torch.tensor(1.5)), iddpm(x, torch.tensor(1.5)))
