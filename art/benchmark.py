@@ -31,11 +31,13 @@ class ScheduleSource:
     says when it was made for another network."""
 
     def __init__(self, spec: str, net: torch.nn.Module, network: str, solver: str,
-                 method_options: Optional[Dict[str, dict]] = None):
+                 method_options: Optional[Dict[str, dict]] = None, maker: Optional[ScheduleMaker] = None):
         self.spec = spec
         self.net = net
-        self.maker = None
+        self.maker = maker                          # a maker shared with other columns (made once for all)
         self.note: Optional[str] = None
+        if maker is not None:
+            return
         if spec in MAKER_METHODS:
             try:
                 self.maker = ScheduleMaker(spec, net, network, solver, (method_options or {}).get(spec))
@@ -62,17 +64,21 @@ class ScheduleSource:
 
 
 class SeedSet:
-    """The latents (and class labels) of one block of seeds, with the reference endpoints computed on demand."""
+    """The latents (and class labels) of one block of seeds, with the reference endpoints computed on demand (by a
+    `reference` = (solver, steps) solve on EDM's grid for networks; exact for analytic models)."""
 
-    def __init__(self, net: torch.nn.Module, seeds: List[int], device: torch.device):
-        self.net, self.seeds = net, seeds
+    def __init__(self, net: torch.nn.Module, seeds: List[int], device: torch.device,
+                 reference: tuple = ('heun', metrics.REFERENCE_STEPS)):
+        self.net, self.seeds, self.reference_solve = net, seeds, reference
         self.latents, self.labels, _ = seed_latents(net, seeds, device)
         self._references: Dict[float, torch.Tensor] = {}
 
     def reference(self, sigma_T: float) -> torch.Tensor:
         """The PF-ODE endpoints from these latents at sigma_T (cached per sigma_T)."""
         if sigma_T not in self._references:
-            self._references[sigma_T] = metrics.reference_endpoints(self.net, self.latents, sigma_T, self.labels)
+            solver, steps = self.reference_solve
+            self._references[sigma_T] = metrics.reference_endpoints(self.net, self.latents, sigma_T, self.labels,
+                                                                    steps=steps, solver=solver)
         return self._references[sigma_T]
 
     def fid(self, sigmas: np.ndarray, solver: str, detector, ref: Dict[str, np.ndarray], batch: int) -> float:
@@ -89,18 +95,21 @@ class SeedSet:
 def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[Union[str, ScheduleSource]],
               solver: str,
               metric: str, num: int, seed: int, device: torch.device, method_options: Optional[Dict[str, dict]] = None,
-              repeats: int = 1, fid_options: Optional[dict] = None) -> List[Dict]:
+              repeats: int = 1, fid_options: Optional[dict] = None,
+              seed_sets: Optional[List[SeedSet]] = None) -> List[Dict]:
     """Evaluate every (schedule, K) on the same latents; returns rows {schedule, steps, solver, nfe, metric, value,
-    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each.  Sources
-    are specs or ScheduleSource objects (whose method schedules are made once and can serve several metrics)."""
+    spread, values}: the mean and standard deviation over `repeats` disjoint seed sets of `num` seeds each (or over
+    the given `seed_sets`, whose reference solutions are then shared with other calls).  Sources are specs or
+    ScheduleSource objects (whose method schedules are made once and can serve several metrics)."""
     columns = [spec if isinstance(spec, ScheduleSource) else ScheduleSource(spec, net, network, solver, method_options)
                for spec in sources]
-    seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
+    if seed_sets is None:
+        seed_sets = [SeedSet(net, list(range(seed + r * num, seed + (r + 1) * num)), device) for r in range(repeats)]
     if metric == 'fid':
         fid_options = dict(fid_options or {})
         detector = fid_options.get('detector', 'offline')
         detector = fid.load_detector(detector, device) if isinstance(detector, str) else detector
-        ref = fid.load_reference(fid_options['ref'])
+        ref = fid.load_reference(fid_options['ref'], fid.feature_dim(detector))
     rows = []
     for column in columns:
         for num_steps in steps:
@@ -128,10 +137,10 @@ def format_table(rows: List[Dict]) -> str:
     steps = sorted({row['steps'] for row in rows})
     names = list(dict.fromkeys(row['schedule'] for row in rows))
     cell = {(row['schedule'], row['steps']): (f'{row["value"]:.4g}' + (f' ± {row["spread"]:.2g}' if len(row['values']) > 1 else ''))
-            for row in rows}
+            for row in rows}                        # a (schedule, K) not measured shows as -
     metric, solver = rows[0]['metric'], rows[0]['solver']
     header = f'| {metric} ({solver}) | ' + ' | '.join(f'K={k} (NFE {nfe(k, solver)})' for k in steps) + ' |'
     lines = [header, '|' + '---|' * (len(steps) + 1)]
     for name in names:
-        lines.append(f'| {name} | ' + ' | '.join(cell[(name, k)] for k in steps) + ' |')
+        lines.append(f'| {name} | ' + ' | '.join(cell.get((name, k), '-') for k in steps) + ' |')
     return '\n'.join(lines)

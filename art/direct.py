@@ -3,8 +3,9 @@
 Source: Tong et al. 2024, "Learning to Discretize Denoising Diffusion ODEs" (LD3). LD3 learns the K-1 interior noise
 levels by backpropagating through the few-step solver so that its output matches a teacher's; it uses a slackened
 (LPIPS) loss. Here the loss is the plain mean squared endpoint error against the high-accuracy reference of the same
-latents (art.metrics.reference_endpoints: exact for analytic models, a 512-step Heun solve otherwise), i.e. the
-square of the rms that art.bench reports, so on analytic models this approaches the optimum for a given K.
+latents (art.metrics.reference_endpoints: exact for analytic models, the `reference` (solver, steps) solve otherwise,
+512-step Heun by default), i.e. the square of the rms that art.bench reports, so on analytic models this approaches
+the optimum for a given K.
 
 Parametrisation: with rho = 7 and v = sigma^(1/rho), the grid runs v_0 = sigma_max^(1/rho) down to v_K = 0 by K
 positive increments v_0 softmax(z) (z: K free logits); sigma_k = v_k^rho. Every z gives a strictly descending grid
@@ -97,7 +98,7 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
                     num_latents: int = 1024, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
                     init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, init_grids: Optional[dict] = None,
                     sigma_max: Optional[float] = None, batch_size: int = 256, num_holdout: int = 256,
-                    eval_every: int = 10) -> Schedule:
+                    eval_every: int = 10, reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
     check_choice('init', init, grids.DISCRETIZATIONS)
@@ -112,7 +113,9 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
     first_seed = TRAIN_SEED_BASE + seed
     latents, labels = training_latents(net, num_latents + num_holdout, first_seed, device)
     with torch.no_grad():
-        reference = reference_endpoints(net, latents, sigma_max, labels).to(torch.float64)
+        reference_solver, reference_steps = reference
+        target = reference_endpoints(net, latents, sigma_max, labels, steps=reference_steps,
+                                     solver=reference_solver).to(torch.float64)
     reference_cpu = time.process_time() - cpu0
     train, holdout = slice(0, num_latents), slice(num_latents, num_latents + num_holdout)
 
@@ -128,7 +131,7 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
             with torch.set_grad_enabled(with_grad):
                 x = rollout(net, latents[part], grid_from_logits(z, sigma_max), None if labels is None else
                             labels[part], solver)
-                loss = (x - reference[part]).flatten(1).square().sum(1).sum() / count
+                loss = (x - target[part]).flatten(1).square().sum(1).sum() / count
             if with_grad:
                 grad, = torch.autograd.grad(loss, [z])      # d/dz only: the network's parameters stay frozen
                 z.grad = grad if z.grad is None else z.grad + grad
@@ -202,12 +205,13 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
                     'eval_every': eval_every, 'returned_iteration': best_iteration,
                     'loss_history': [row[0] for row in scored]},
         'seed': seed, 'returned': 'lowest held-out loss among the scored iterates (start, every eval_every, final)',
-        'reference': 'exact (DOP853, rtol 1e-11)' if analytic else f'Heun, EDM rho=7 grid, {REFERENCE_STEPS} steps',
+        'reference': ('exact (DOP853, rtol 1e-11)' if analytic
+                      else f'{reference_solver}, EDM rho=7 grid, {reference_steps} steps'),
         'final_training_loss': best_loss, 'start_training_loss': start_loss,
         'loss_history_every_10': history[::10],
         'cost': {'forward_evals': forward_evals, 'backward_evals': backward_evals,
-                 'reference_forward_evals': None if analytic else (num_latents + num_holdout) * nfe(REFERENCE_STEPS,
-                                                                                                      'heun'),
+                 'reference_forward_evals': None if analytic else (num_latents + num_holdout) * nfe(
+                     reference_steps, reference_solver),
                  'reference_cpu_seconds': round(reference_cpu, 3),
                  'cpu_seconds': round(time.process_time() - cpu0, 3),
                  'wall_seconds': round(time.perf_counter() - wall0, 3)},

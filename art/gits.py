@@ -19,6 +19,7 @@ Heun jumps need the field at the predicted point for every pair i < j < fine_ste
 latent. The dynamic programme is O(K fine_steps^2) on the cost matrix and needs no network.
 """
 
+import dataclasses
 import time
 from typing import Optional, Tuple
 
@@ -116,37 +117,63 @@ def jump_costs(net: torch.nn.Module, sigmas: np.ndarray, latents: torch.Tensor, 
     return cost, evals
 
 
-def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
-                  fine_steps: int = 100, num_latents: int = 256, seed: int = 0, sigma_max: Optional[float] = None,
-                  batch_size: int = 64) -> Schedule:
-    """GITS grid: the K-jump subsequence of a fine teacher grid with the least accumulated one-step deviation."""
-    grids.check_num_steps(num_steps)
-    if fine_steps < num_steps or num_latents < 1 or batch_size < 1:
-        raise ValueError(f'need fine_steps >= K = {num_steps}, num_latents >= 1 and batch_size >= 1, got '
-                         f'{fine_steps}, {num_latents}, {batch_size}')
+@dataclasses.dataclass
+class GitsTable:
+    """The K-independent part of GITS: the teacher grid and the jump-cost matrix, with what they cost."""
+    fine: np.ndarray
+    cost: np.ndarray
+    solver: str
+    num_latents: int
+    first_seed: int
+    forward_evals: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+def gits_table(net: torch.nn.Module, solver: str = 'euler', fine_steps: int = 100, num_latents: int = 256,
+               seed: int = 0, sigma_max: Optional[float] = None, batch_size: int = 64) -> GitsTable:
+    """Teacher trajectories on the fine grid and the cost of every one-step jump along them: computed once, it serves
+    every K (each K is a shortest path through the same matrix)."""
+    if num_latents < 1 or batch_size < 1:
+        raise ValueError(f'need num_latents >= 1 and batch_size >= 1, got {num_latents}, {batch_size}')
     cpu0, wall0 = time.process_time(), time.perf_counter()
     fine = teacher_grid(net, fine_steps, sigma_max)
     first_seed = TRAIN_SEED_BASE + seed
     latents, labels = training_latents(net, num_latents, first_seed, module_device(net))
     cost, evals = jump_costs(net, fine, latents, labels, solver, batch_size)
-    path, total = min_cost_path(cost, int(num_steps))
-    sigmas = fine[path]
+    return GitsTable(fine, cost, solver, num_latents, first_seed, evals, round(time.process_time() - cpu0, 3),
+                     round(time.perf_counter() - wall0, 3))
+
+
+def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
+                  fine_steps: int = 100, num_latents: int = 256, seed: int = 0, sigma_max: Optional[float] = None,
+                  batch_size: int = 64, table: Optional[GitsTable] = None) -> Schedule:
+    """GITS grid: the K-jump subsequence of a fine teacher grid with the least accumulated one-step deviation; `table`
+    (from gits_table, same solver) saves recomputing the teacher and the jump costs for another K."""
+    grids.check_num_steps(num_steps)
+    if table is None:
+        table = gits_table(net, solver, fine_steps, num_latents, seed, sigma_max, batch_size)
+    if table.solver != solver or len(table.fine) - 1 < num_steps:
+        raise ValueError(f'the GITS table is for {table.solver} with {len(table.fine) - 1} levels; need {solver} and '
+                         f'at least K = {num_steps}')
+    path, total = min_cost_path(table.cost, int(num_steps))
+    sigmas = table.fine[path]
+    num, first = table.num_latents, table.first_seed
     provenance = {
         'network': network,
         'method_source': 'GITS (Chen et al. 2024, On the Trajectory Regularity of ODE-based Diffusion Sampling)',
         'objective': 'min over K-jump subsequences of the teacher grid of sum_k cost(n_k -> n_k+1), cost(i -> j) = '
                      'mean over latents |x_teacher(sigma_j) - one solver step from x_teacher(sigma_i)|^2',
-        'teacher': {'integrator': 'heun', 'discretization': 'edm', 'rho': 7, 'levels': fine_steps,
-                    'sigmas': fine.tolist()},
+        'teacher': {'integrator': 'heun', 'discretization': 'edm', 'rho': 7, 'levels': len(table.fine) - 1,
+                    'sigmas': table.fine.tolist()},
         'num_steps_built_for': int(num_steps), 'path': path, 'path_cost': total,
-        'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',
-                    'sigma_max': float(fine[0])},
-        'seed': seed,
-        'cost': {'forward_evals': evals, 'forward_evals_per_latent': evals / num_latents,
-                 'definition': 'per-sample network forward passes: teacher 2 fine_steps - 1 per latent, plus for '
-                               'Heun fine_steps (fine_steps - 1)/2 corrector evaluations per latent',
-                 'cpu_seconds': round(time.process_time() - cpu0, 3),
-                 'wall_seconds': round(time.perf_counter() - wall0, 3)},
+        'latents': {'num': num, 'seeds': f'{first}-{first + num - 1}', 'sigma_max': float(table.fine[0])},
+        'seed': first - TRAIN_SEED_BASE,
+        'cost': {'forward_evals': table.forward_evals, 'forward_evals_per_latent': table.forward_evals / num,
+                 'definition': 'per-sample network forward passes of the table (one table serves every K): teacher '
+                               '2 fine_steps - 1 per latent, plus for Heun fine_steps (fine_steps - 1)/2 corrector '
+                               'evaluations per latent',
+                 'cpu_seconds': table.cpu_seconds, 'wall_seconds': table.wall_seconds},
         'code_version': code_version(),
     }
     return Schedule('gits', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,

@@ -10,7 +10,7 @@ import torch
 
 from art.closed_form import closed_form_schedule
 from art.direct import direct_schedule
-from art.gits import gits_schedule
+from art.gits import GitsTable, gits_schedule, gits_table
 from art.schedules import Schedule
 
 METHODS = {
@@ -26,8 +26,8 @@ SOLVER_SPECIFIC = {'direct': ('euler', 'heun'), 'gits': ('euler', 'heun')}
 
 
 class ScheduleMaker:
-    """Makes one method's schedule for any K, once per K; the closed form's clock does not depend on K and is
-    estimated once."""
+    """Makes one method's schedule for any K, once per K; the closed form's clock and the gits cost table do not
+    depend on K and are computed once."""
 
     def __init__(self, method: str, net: torch.nn.Module, network: Optional[str], solver: str = 'euler',
                  options: Optional[dict] = None):
@@ -45,6 +45,7 @@ class ScheduleMaker:
         if self.warm_start is None:
             self.warm_start = [ScheduleMaker(name, net, network, solver) for name in default_starts]
         self._closed_form: Optional[Schedule] = None
+        self._gits: Optional[GitsTable] = None
         self._made: Dict[int, Schedule] = {}
 
     def __call__(self, num_steps: int) -> Schedule:
@@ -62,4 +63,6 @@ class ScheduleMaker:
             starts = {maker.method: maker(num_steps).sigmas for maker in self.warm_start}
             return direct_schedule(self.net, num_steps, network=self.network, solver=self.solver, init_grids=starts,
                                    **self.options)
-        return gits_schedule(self.net, num_steps, network=self.network, solver=self.solver, **self.options)
+        if self._gits is None:                     # the teacher and the jump costs serve every K
+            self._gits = gits_table(self.net, self.solver, **self.options)
+        return gits_schedule(self.net, num_steps, network=self.network, solver=self.solver, table=self._gits)

@@ -21,13 +21,14 @@ def exact_w2(net: torch.nn.Module, sigmas: np.ndarray, solver: str) -> float:
 
 
 def reference_endpoints(net: torch.nn.Module, latents: torch.Tensor, sigma_T: float,
-                        class_labels: Optional[torch.Tensor] = None, steps: int = REFERENCE_STEPS) -> torch.Tensor:
+                        class_labels: Optional[torch.Tensor] = None, steps: int = REFERENCE_STEPS,
+                        solver: str = 'heun') -> torch.Tensor:
     """The PF-ODE solution at sigma = 0 from x(sigma_T) = latents * sigma_T: exact-ish for analytic models
-    (DOP853 at tolerance 1e-11), a `steps`-step Heun solve on EDM's grid otherwise."""
+    (DOP853 at tolerance 1e-11), a `steps`-step solve on EDM's grid otherwise (Heun by default)."""
     if isinstance(net, AnalyticModel):
         return reference_solution(net, latents.to(torch.float64) * sigma_T, sigma_T=sigma_T)
     fine = grids.make_sigmas('edm', steps, sigma_max=sigma_T, net=net)
-    return sample(net, latents, fine, class_labels=class_labels, solver='heun')
+    return sample(net, latents, fine, class_labels=class_labels, solver=solver)
 
 
 def rms_error(x: torch.Tensor, reference: torch.Tensor) -> float:

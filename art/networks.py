@@ -1,7 +1,8 @@
-"""Load the network a schedule is learned for (an analytic model or an EDM network pickle); the embedded default.
+"""Load the network a schedule is learned for (an analytic model or an EDM network pickle); the embedded networks.
 
-The default network (used when a CLI gets no --network) and the schedules shipped for it live in `assets/`:
-`assets/schedules/<network name>/<method>-k<K>.json`.
+The default network (used when a CLI gets no --network) is an EDM network trained here on Fashion-MNIST
+(`assets/edm-fmnist28-cond.pkl`, card beside it); the exact Gaussian mixture of Fashion-MNIST images stays as the
+analytic benchmark (`MIXTURE_NETWORK`). Shipped schedules live in `assets/schedules/<network name>/<method>-k<K>.json`.
 """
 
 import os
@@ -12,10 +13,11 @@ import torch
 
 from art.analytic import load_analytic
 from dnnlib.util import UserError
-from edm.loading import load_network_pkl
+from edm.guidance import load_guided_pkl, split_guided_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / 'assets'
-DEFAULT_NETWORK = f'analytic:gmm:{ASSETS / "fmnist-gmm.npz"}'   # exact mixture of Fashion-MNIST images, 1x32x32
+DEFAULT_NETWORK = str(ASSETS / 'edm-fmnist28-cond.pkl')            # EDM network trained here, 1x28x28, 10 classes
+MIXTURE_NETWORK = f'analytic:gmm:{ASSETS / "fmnist-gmm.npz"}'   # exact mixture of Fashion-MNIST images, 1x32x32
 SHIPPED_METHODS = ('art-rl', 'closed-form')                      # preference order of shipped schedules
 
 SPEC_HELP = ('expected a network pickle path or URL, or analytic:gauss1d, analytic:gauss:std=S,shape=CxHxW, '
@@ -29,16 +31,24 @@ class NetworkSpecError(UserError, ValueError):
 def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool = False) -> torch.nn.Module:
     """'analytic:...' -> exact model; otherwise a pickle path or URL -> its 'ema' network (eval, frozen, on device).
 
-    Pickles are read by edm.loading.load_network_pkl (safe unless trust_embedded_code), whose errors are UserErrors.
+    Pickles are read by edm.guidance.load_guided_pkl (edm.loading.load_network_pkl, safe unless trust_embedded_code;
+    its errors are UserErrors): EDM2 networks come with EDM's interface and their file's encoder. A guided spec
+    (edm.guidance.guided_spec, `PKL?gnet=GUIDE_PKL&guidance=W`) gives the autoguided field as one network, so that
+    every ART method learns on the field the sampler integrates.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise NetworkSpecError(f'network spec must be a non-empty string; {SPEC_HELP}')
-    if spec.startswith('analytic:'):
-        net = load_analytic(spec)
-    elif '://' in spec or os.path.isfile(spec):
-        net = load_network_pkl(spec, trust_embedded_code=trust_embedded_code)['ema']
+    network, gnet, guidance = split_guided_spec(spec)
+    if network.startswith('analytic:') and gnet is None:
+        net = load_analytic(network)
+    elif network.startswith('analytic:'):
+        raise NetworkSpecError(f'{network!r}: an analytic model takes no guiding network; guide a network pickle')
+    elif '://' in network or os.path.isfile(network):
+        if gnet is not None and not ('://' in gnet or os.path.isfile(gnet)):
+            raise NetworkSpecError(f'{gnet!r}: no such file; the guiding network must be a network pickle path or URL')
+        net = load_guided_pkl(network, gnet, guidance, trust_embedded_code=trust_embedded_code)
     else:
-        raise NetworkSpecError(f'{spec!r}: no such file; {SPEC_HELP}')
+        raise NetworkSpecError(f'{network!r}: no such file; {SPEC_HELP}')
     return net.eval().requires_grad_(False).to(device)
 
 

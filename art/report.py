@@ -1,16 +1,26 @@
 """The benchmark report: every schedule method side by side, as a Markdown table and a plot per setting.
 
-    python -m art.report --outdir=docs/bench [--art-rl=RUN_DIR] [--num=256] [--repeats=4] [--fid-num=0]
+    python -m art.report --outdir=docs/bench [--settings=mixture,fmnist-mixture,trained] [--art-rl=RUN_DIR] ...
 
-Settings: an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE solution, Euler,
-K = 3, 5, 10, 20) and the embedded default network (rms, Euler and Heun, K = 3, 5, 10, 18; and FID with the offline
-detector when `--fid-num` > 0, against `--fid-ref` or, by default, the statistics of `--fid-ref-num` exact draws
-from the default network's mixture, quantised as PNGs are). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the
-mixture from the run directory given by --art-rl, for the default network its shipped schedule). Every value is the
+Settings (`--settings`): `mixture`, an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE
+solution, Euler, K = 3, 5, 10, 20); `fmnist-mixture`, the Fashion-MNIST mixture (rms, Euler and Heun, K = 3, 5, 10,
+18; and FID with the offline detector when `--fid-num` > 0, against `--fid-ref` or, by default, the statistics of
+`--fid-ref-num` exact draws from the mixture, quantised as PNGs are); `trained`, the embedded trained network (below).
+Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the mixture from the run directory given by
+--art-rl, for the Fashion-MNIST mixture its shipped schedule). Every value is the
 mean (and spread) over `--repeats` disjoint sets of `--num` latents: the rms is dominated by rare latents, so one set
 of 256 moves it by up to 15%. Each method's cost (network evaluations, CPU seconds) comes from the provenance of its
 schedules, and a gap table gives ART-RL's ratio to direct (the limit on analytic models), to the closed form and to
 EDM. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
+
+The trained network (`trained`): rms against a `TRAINED_REFERENCE` solve of the same `--trained-num` latents for the
+solver x K cells of `TRAINED_RMS`, and LeNet-FID (`fid.py --detector=lenet`, against the shipped statistics of the 60k
+training images) of `--trained-fid-num` images for the cells of `TRAINED_FID`, with `--trained-fid-repeats` disjoint
+sets at Euler K = 5; Inception FID at Euler and Heun K = 5 when `--inception-ref` (statistics of the training images,
+`fid.py ref --detector=offline`) is given. The closed form is estimated once for every cell; art-rl comes from
+`--trained-art-rl` (a run directory); gits is made per solver and K for Euler and Heun, direct only at the K of
+`--trained-direct-steps` (it differentiates through the network, the costliest method by far on a CPU); neither is
+defined for RK4 or DPM-Solver++(2M), whose cells show '-'.
 """
 
 import os
@@ -23,17 +33,23 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from art.analytic import GaussianMixtureModel, load_analytic, write_random_gmm
-from art.bench import ScheduleSource, format_table, run_bench
-from art.methods import MAKER_METHODS
-from art.networks import DEFAULT_NETWORK, shipped_schedule_path
+from art.benchmark import ScheduleSource, format_table, run_bench
+from art.benchmark import SeedSet
+from art.methods import MAKER_METHODS, SOLVER_SPECIFIC, ScheduleMaker
+from art.networks import DEFAULT_NETWORK, MIXTURE_NETWORK, load_network_spec, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
 from art.schedules import code_version
-from edm import fid
-from edm.cli import Command, int_list_callback
+from edm import fid, lenet
+from edm.cli import Command, check_output_dir, int_list_callback, name_list_callback
 from edm.images import to_uint8
 
 BASELINES = ['edm', 'uniform', 'logsnr']
-ONE_CLOCK = ('closed-form', 'art-rl')        # methods whose schedules for every K come from one estimate or training
+SETTINGS = ('mixture', 'fmnist-mixture', 'trained')
+TRAINED_RMS = {'euler': [3, 5, 7, 10, 18], 'heun': [3, 5, 7, 10], 'rk4': [2, 3, 5], 'dpmpp-2m': [5, 10]}
+TRAINED_FID = {'euler': [3, 5, 7, 10], 'heun': [3, 5, 7], 'rk4': [2, 3]}
+TRAINED_REFERENCE = ('rk4', 64)             # the rms reference of a trained network: RK4 on EDM's grid, NFE 253
+TRAINED_GITS_LEVELS = 60                    # gits teacher levels (Heun's table costs levels^2/2 per latent)
+ONE_CLOCK = ('closed-form', 'art-rl', 'gits')   # methods whose schedules for every K come from one estimate
 
 
 def method_costs(rows: List[Dict]) -> Dict[str, dict]:
@@ -101,19 +117,72 @@ def setting(title: str, network: str, net: torch.nn.Module, steps: List[int], so
     """Run one benchmark setting; write its plot; return rows, costs and the tables."""
     rows = run_bench(network, net, steps, sources, solver, metric, num, 0, torch.device('cpu'), repeats=repeats,
                      fid_options=fid_options)
-    art_rl = [source.label for source in sources if os.path.isfile(source.spec)]
-    for row in rows:
-        if row['schedule'] in art_rl:
-            row['schedule'] = 'art-rl'
-    name = f'{title}-{metric}-{solver}'.replace(' ', '_')
-    plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
     direct = next(source for source in sources if source.spec == 'direct').maker.options['num_latents']
-    warm = ' (warm-started from the closed-form and gits grids)'
     unit = 'images' if metric == 'fid' else 'latents'
     note = (f'{repeats} x {num} {unit} per value' + (f' (mean ± std over the {repeats} sets)' if repeats > 1 else '')
-            + f'; direct trained on {direct} latents of its own{warm}.')
-    return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note,
+            + f'; direct trained on {direct} latents of its own (warm-started from the closed-form and gits grids)')
+    return finish_setting(title, solver, metric, rows, outdir, note)
+
+
+def finish_setting(title: str, solver: str, metric: str, rows: List[Dict], outdir: str, note: str) -> Dict:
+    """Name art-rl columns, write the setting's plot, and return its rows, note, costs and tables."""
+    for row in rows:
+        if row['schedule'].endswith('.json'):
+            row['schedule'] = 'art-rl'                                     # the report's only schedule files
+    name = f'{title}-{metric}-{solver}'.replace(' ', '_')
+    plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
+    return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note + '.',
                 costs=method_costs(rows), table=format_table(rows), gaps=gap_table(rows))
+
+
+def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, art_rl: Optional[str],
+                    direct_steps: List[int], direct_latents: int, cf_samples: int, gits_latents: int,
+                    inception_ref: Optional[str]) -> List[Dict]:
+    """The settings of the embedded trained network (module docstring): rms and LeNet-FID per solver, Inception FID at
+    K = 5; every schedule made once and shared by the cells that use it."""
+    net = load_network_spec(DEFAULT_NETWORK)
+    closed_form = ScheduleMaker('closed-form', net, DEFAULT_NETWORK, options=dict(num_samples=cf_samples))
+    rl_files = art_rl_files(art_rl, sorted({k for steps in TRAINED_RMS.values() for k in steps}))
+    rms_sets = [SeedSet(net, list(range(num)), torch.device('cpu'), reference=TRAINED_REFERENCE)]
+    fid_sets = [SeedSet(net, list(range(r * fid_num, (r + 1) * fid_num)), torch.device('cpu'))
+                for r in range(fid_repeats)]
+    lenet_fid = dict(ref=lenet.REFERENCE, detector='lenet', batch=256)
+    results = []
+    for solver in TRAINED_RMS:
+        sources = [ScheduleSource(spec, net, DEFAULT_NETWORK, solver) for spec in BASELINES]
+        sources.append(ScheduleSource('closed-form', net, DEFAULT_NETWORK, solver, maker=closed_form))
+        sources += [ScheduleSource(path, net, DEFAULT_NETWORK, solver) for path in rl_files]
+        peers = []
+        if solver in SOLVER_SPECIFIC['gits']:
+            gits = ScheduleMaker('gits', net, DEFAULT_NETWORK, solver, dict(num_latents=gits_latents,
+                                                                            fine_steps=TRAINED_GITS_LEVELS))
+            direct = ScheduleMaker('direct', net, DEFAULT_NETWORK, solver, dict(
+                num_latents=direct_latents, num_holdout=direct_latents, reference=TRAINED_REFERENCE,
+                warm_start=[closed_form, gits]))
+            peers = [(ScheduleSource('gits', net, DEFAULT_NETWORK, solver, maker=gits), None),
+                     (ScheduleSource('direct', net, DEFAULT_NETWORK, solver, maker=direct), direct_steps)]
+
+        def cells(title: str, steps: List[int], metric: str, seed_sets: List[SeedSet], **options) -> Dict:
+            rows = run_bench(DEFAULT_NETWORK, net, steps, sources, solver, metric, len(seed_sets[0].seeds), 0,
+                             torch.device('cpu'), seed_sets=seed_sets, **options)
+            for source, only in peers:
+                rows += run_bench(DEFAULT_NETWORK, net, [k for k in steps if only is None or k in only], [source],
+                                  solver, metric, len(seed_sets[0].seeds), 0, torch.device('cpu'),
+                                  seed_sets=seed_sets, **options)
+            return finish_setting(title, solver, metric, rows, outdir,
+                                  f'{len(seed_sets)} x {len(seed_sets[0].seeds)} '
+                                  f'{"images" if metric == "fid" else "latents"} per value')
+
+        results.append(cells('trained network', TRAINED_RMS[solver], 'rms', rms_sets))
+        if fid_num and solver in TRAINED_FID:
+            results.append(cells('trained network LeNet', TRAINED_FID[solver], 'fid', fid_sets[:1],
+                                 fid_options=lenet_fid))
+            if solver == 'euler' and fid_repeats > 1:
+                results.append(cells('trained network LeNet repeats', [5], 'fid', fid_sets, fid_options=lenet_fid))
+            if inception_ref and solver in ('euler', 'heun'):
+                results.append(cells('trained network Inception', [5], 'fid', fid_sets[:1],
+                                     fid_options=dict(ref=inception_ref, detector='offline', batch=64)))
+    return results
 
 
 def write_report(outdir: str, results: List[Dict], version: str) -> str:
@@ -157,30 +226,66 @@ def write_report(outdir: str, results: List[Dict], version: str) -> str:
               show_default=True, callback=int_list_callback(1, 'fid-steps'))
 @click.option('--fid-solvers', help='Solvers of the FID settings', type=click.Choice(['euler', 'heun', 'both']),
               default='both', show_default=True)
+@click.option('--settings', help=f'Settings to run, of {", ".join(SETTINGS)}', metavar='LIST',
+              default=','.join(SETTINGS), show_default=True, callback=name_list_callback)
+@click.option('--trained-num', help='Latents of the rms cells of the trained network', type=click.IntRange(min=2),
+              default=256, show_default=True)
+@click.option('--trained-fid-num', help='Images per LeNet/Inception FID value of the trained network (0: skip FID)',
+              type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option('--trained-fid-repeats', help='Disjoint image sets of the LeNet-FID at Euler K = 5',
+              type=click.IntRange(min=1), default=3, show_default=True)
+@click.option('--trained-art-rl', help='Run directory of train_art.py with art-rl schedules for the trained network',
+              metavar='DIR', default=None)
+@click.option('--trained-direct-steps', help='K at which direct is made on the trained network', metavar='LIST',
+              default='5,10', show_default=True, callback=int_list_callback(1, 'trained-direct-steps'))
+@click.option('--trained-direct-latents', help='Training latents of direct on the trained network',
+              type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--trained-cf-samples', help='Trajectories of the closed form on the trained network',
+              type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--trained-gits-latents', help='Teacher trajectories of gits on the trained network',
+              type=click.IntRange(min=1), default=32, show_default=True)
+@click.option('--inception-ref', help='Inception statistics of the training images (fid.py ref --detector=offline) '
+              'for the trained network  [default: no Inception FID]', metavar='NPZ', default=None)
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
-         fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str) -> None:
+         fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str, settings: List[str],
+         trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_art_rl: Optional[str],
+         trained_direct_steps: List[int], trained_direct_latents: int, trained_cf_samples: int,
+         trained_gits_latents: int, inception_ref: Optional[str]) -> None:
     """Benchmark every schedule method and write the report."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise UserError(f'--settings: unknown {", ".join(unknown)}; choose from {", ".join(SETTINGS)}')
+    check_output_dir(outdir, '--outdir')
     version = code_version()                        # before this run writes its own outputs into the tree
     os.makedirs(outdir, exist_ok=True)
-    mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
-    if not os.path.exists(mixture):
-        write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
-    spec = f'analytic:gmm:{mixture}'
-    mixture_net = load_analytic(spec)
-    results = [setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num, repeats,
-                       outdir, columns(spec, mixture_net, 'euler', art_rl_files(art_rl, [3, 5, 10, 20]), 4096))]
-    default = load_analytic(DEFAULT_NETWORK)
-    if fid_num and not fid_ref:
-        fid_ref = exact_reference(default, fid_ref_num, os.path.join(outdir, 'fid-ref-default-network.npz'))
-    shipped = shipped_schedule_path(DEFAULT_NETWORK, 10)
-    extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
-    for solver in ('euler', 'heun'):
-        sources = columns(DEFAULT_NETWORK, default, solver, extra, direct_latents)
-        results.append(setting('default network', DEFAULT_NETWORK, default, [3, 5, 10, 18], solver, 'rms', num,
-                               repeats, outdir, sources))
-        if fid_num and fid_solvers in (solver, 'both'):
-            results.append(setting('default network', DEFAULT_NETWORK, default, fid_steps, solver, 'fid', fid_num,
-                                   1, outdir, sources, fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
+    results = []
+    if 'mixture' in settings:
+        mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
+        if not os.path.exists(mixture):
+            write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
+        spec = f'analytic:gmm:{mixture}'
+        mixture_net = load_analytic(spec)
+        results.append(setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num,
+                               repeats, outdir, columns(spec, mixture_net, 'euler',
+                                                        art_rl_files(art_rl, [3, 5, 10, 20]), 4096)))
+    if 'fmnist-mixture' in settings:
+        fmnist = load_analytic(MIXTURE_NETWORK)
+        if fid_num and not fid_ref:
+            fid_ref = exact_reference(fmnist, fid_ref_num, os.path.join(outdir, 'fid-ref-fmnist-mixture.npz'))
+        shipped = shipped_schedule_path(MIXTURE_NETWORK, 10)
+        extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
+        for solver in ('euler', 'heun'):
+            sources = columns(MIXTURE_NETWORK, fmnist, solver, extra, direct_latents)
+            results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, fmnist, [3, 5, 10, 18], solver, 'rms',
+                                   num, repeats, outdir, sources))
+            if fid_num and fid_solvers in (solver, 'both'):
+                results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, fmnist, fid_steps, solver, 'fid',
+                                       fid_num, 1, outdir, sources,
+                                       fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
+    if 'trained' in settings:
+        results += trained_results(outdir, trained_num, trained_fid_num, trained_fid_repeats, trained_art_rl,
+                                   trained_direct_steps, trained_direct_latents, trained_cf_samples,
+                                   trained_gits_latents, inception_ref)
     print(write_report(outdir, results, version))
 
 

@@ -39,3 +39,16 @@ def test_direct_starts_from_the_closed_form_and_gits_by_default():
     candidates = maker(3).provenance['init']['candidates_training_rms']
     assert {'closed-form', 'gits'} <= set(candidates)
     assert ScheduleMaker('direct', net, 'gauss', options=dict(warm_start=[])).warm_start == []
+
+
+def test_gits_table_is_computed_once_for_every_k(monkeypatch):
+    import art.gits
+    calls = []
+    original = art.gits.jump_costs
+    monkeypatch.setattr(art.gits, 'jump_costs', lambda *a, **k: calls.append(1) or original(*a, **k))
+    net = load_analytic('analytic:gauss1d')
+    maker = ScheduleMaker('gits', net, 'analytic:gauss1d', options=dict(num_latents=8, fine_steps=40))
+    k3, k5 = maker(3), maker(5)
+    assert len(calls) == 1 and k3.provenance['cost'] == k5.provenance['cost']
+    fresh = art.gits.gits_schedule(net, 5, network='analytic:gauss1d', num_latents=8, fine_steps=40)
+    np.testing.assert_array_equal(k5.sigmas, fresh.sigmas)              # same table, same shortest path

@@ -3,6 +3,7 @@ import json
 
 
 from art.report import gap_table, method_costs, write_report
+from conftest import cli_error
 
 
 def _row(schedule, steps, value, cost=None):
@@ -61,3 +62,9 @@ def test_exact_reference_statistics(tmp_path):
     assert ref['mu'].shape == (2048,) and ref['sigma'].shape == (2048, 2048) and ref['mu'].dtype == 'float64'
     again = load_reference(exact_reference(net, 5, str(tmp_path / 'again.npz'), batch=5))
     assert abs(ref['mu'] - again['mu']).max() < 1e-5 * abs(ref['mu']).max()      # the same draws in other batches
+
+
+def test_unknown_setting_is_one_line(tmp_path):
+    line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', '--settings=mixture,bogus'])
+    assert 'unknown bogus' in line
+    assert not (tmp_path / 'r').exists()
