@@ -8,7 +8,8 @@ name (edm, uniform, logsnr, vp, ve, iddpm). Because `--schedule` names the step 
 option for sigma(t) is called `--sigma-schedule`. Without `--network`, the embedded default network is used with
 its shipped ART schedule for `--steps` (resampled from the nearest shipped K). Without `--schedule` on another
 network this is exactly `python -m edm.generate`. Besides the per-seed PNGs, `<outdir>-grid.png` shows the first 64
-images (beside the folder, which keeps only what fid.py should read).
+images (beside the folder, which keeps only what fid.py should read). `--gnet` and `--guidance` autoguide the network
+(edm.guidance); a schedule learned on the guided field records that field as its network.
 """
 
 import os
@@ -21,8 +22,9 @@ from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_pa
 from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
 from dnnlib.util import UserError
 from edm import grids
-from edm.cli import Command, check_output_dir, check_output_file, check_sigma_range, generate_options
+from edm.cli import Command, check_output_dir, check_output_file, check_sigma_range, generate_options, guidance_options
 from edm.generation import generate_images, load_on_ranks
+from edm.guidance import check_guidance_options, guided_spec
 from edm.images import grid_from_files, image_path, save_png
 from edm.sampler import SOLVERS, sample, upstream_sampler
 from torch_utils import distributed as dist
@@ -58,11 +60,12 @@ def grid_path(outdir: str) -> str:
 @click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(SOLVERS))
 @click.option('--schedule', 'schedule_spec', metavar='FILE|NAME', type=str, default=None,
               help=f'Step schedule: a schedule file or one of {", ".join(grids.DISCRETIZATIONS)}')
+@guidance_options()
 @click.pass_context
 def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdirs: bool, class_idx: Optional[int],
          max_batch_size: int, device: torch.device, trust_pickle: bool, solver: Optional[str],
          schedule_spec: Optional[str], num_steps: int, discretization: Optional[str], schedule: Optional[str],
-         **sampler_kwargs) -> None:
+         gnet: Optional[str], guidance: Optional[float], **sampler_kwargs) -> None:
     """Generate images with a learned ART schedule or a named noise-level grid."""
     dist.init()
     if network is None:
@@ -71,6 +74,7 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
             schedule_spec = str(shipped_schedule_path(network, num_steps) or 'edm')
     check_output_dir(outdir, '--outdir')
     check_output_file(grid_path(outdir), '--outdir (its grid picture)')
+    network = guided_spec(network, gnet, check_guidance_options(gnet, guidance))
     range_disc = discretization or (schedule_spec if schedule_spec in grids.DISCRETIZATIONS else 'edm')
     check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], range_disc)
     net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)

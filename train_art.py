@@ -8,7 +8,8 @@
 model; the preset used is recorded in training_options.json and in each schedule's provenance. Each process rolls out
 its own trajectories and the updates use the mean over all processes. The run directory holds training_options.json,
 log.txt, stats.jsonl, atomic snapshots and one schedule-k<K>.json per K; `--resume=<run dir>` continues a stopped run
-exactly.
+exactly. `--gnet` and `--guidance` learn the schedule on the autoguided field that generate_art.py then integrates
+(edm.guidance); the run's network (its options and every schedule's provenance) names the guided field.
 """
 
 import dataclasses
@@ -24,8 +25,9 @@ from dnnlib.util import UserError
 from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
 from art.methods import METHODS, SOLVER_SPECIFIC
 from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
-from edm.cli import Command, check_output_dir, int_list_callback, parse_device
+from edm.cli import Command, check_output_dir, guidance_options, int_list_callback, parse_device
 from edm.generation import load_on_ranks
+from edm.guidance import check_guidance_options, guided_spec
 from edm.sampler import SOLVERS
 from torch_utils import distributed as dist
 
@@ -66,24 +68,32 @@ from torch_utils import distributed as dist
 @click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='DEVICE', type=str,
               default=None, callback=parse_device)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
+@guidance_options()
 @click.pass_context
 def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[int], method: str, preset: str,
          snap: int, cf_samples: int, solver: str, resume: Optional[str], desc: Optional[str],
-         device: torch.device, trust_pickle: bool, **rl_options) -> None:
+         device: torch.device, trust_pickle: bool, gnet: Optional[str], guidance: Optional[float],
+         **rl_options) -> None:
     """Learn timestep schedules for a network: ART-RL, training-free ART, or a peer method."""
+    guidance = check_guidance_options(gnet, guidance)
+    if resume and gnet is not None and network is None:
+        raise UserError('--resume continues with the run\'s own network and guide; give --network as well to check '
+                        'them against --gnet, or leave out --gnet and --guidance')
+    field = None if network is None and gnet is None else guided_spec(network or DEFAULT_NETWORK, gnet, guidance)
     dist.init()
     # ART-RL options given on the command line (named as fields of the learner's config) override the preset's.
     given = {key: value for key, value in rl_options.items() if value is not None
              and ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT}
     if resume:
-        run_dir, opts = resume_options(resume, given, network)
+        run_dir, opts = resume_options(resume, given, field)
         check_output_dir(run_dir, '--resume')
     else:
         check_output_dir(outdir, '--outdir')
         if solver not in SOLVER_SPECIFIC.get(method, ('euler',)):
             raise UserError(f'--method={method} makes grids for --solver='
                             f'{" or ".join(SOLVER_SPECIFIC.get(method, ("euler",)))}, not {solver}')
-    network = opts.network if resume else network or DEFAULT_NETWORK
+    name = desc or f'{method}-{network_name(network or DEFAULT_NETWORK)}'
+    network = opts.network if resume else field or DEFAULT_NETWORK
     net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)
     if not resume:
         chosen = auto_preset(net) if preset == 'auto' else preset
@@ -98,7 +108,6 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
             rl_config(chosen, rl, steps[0])                        # validate before making a run directory
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        name = desc or f'{method}-{network_name(network)}'
         run_dir = next_run_dir(outdir, f'{name}-k{"_".join(map(str, steps))}'.replace('/', '_'))
         opts = RunOptions(network=network, steps=steps, method=method, preset=chosen, rl=rl, snap=snap,
                           cf_samples=cf_samples, solver=solver, world_size=dist.get_world_size())

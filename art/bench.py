@@ -7,7 +7,8 @@ Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), schedule met
 (`closed-form`: the training-free ART optimum, estimated once and read off its clock; `direct`: LD3-style grid
 optimisation; `gits`: GITS-style dynamic programming; these use seeds of their own, disjoint from the benchmark's),
 or schedule files (resampled to other K, with a note). Metrics and measurement: art/benchmark.py. With
-`--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation.
+`--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation. `--gnet` and
+`--guidance` measure on the autoguided field of a network pickle (edm.guidance), the field generate_art.py integrates.
 """
 
 from typing import List, Optional
@@ -19,7 +20,8 @@ import dnnlib
 from dnnlib.util import UserError
 from art.benchmark import ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
-from edm.cli import Command, check_output_file, int_list_callback, name_list_callback, parse_device
+from edm.cli import Command, check_output_file, guidance_options, int_list_callback, name_list_callback, parse_device
+from edm.guidance import check_guidance_options, guided_spec
 from edm.sampler import SOLVERS
 
 
@@ -49,11 +51,12 @@ from edm.sampler import SOLVERS
               callback=parse_device)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
 @click.option('--out', help='Write the rows as JSON here', metavar='JSON', type=str, default=None)
+@guidance_options()
 def main(network: str, steps: List[int], schedules: List[str], solver: str, metric: str, num: int, repeats: int,
          ref: Optional[str], detector: str, batch: int, seed: int, cf_samples: int, device: torch.device,
-         trust_pickle: bool,
-         out: Optional[str]) -> None:
+         trust_pickle: bool, out: Optional[str], gnet: Optional[str], guidance: Optional[float]) -> None:
     """Compare schedules side by side on one network."""
+    network = guided_spec(network, gnet, check_guidance_options(gnet, guidance))
     if not schedules:
         raise UserError('--schedules is empty; give baselines, methods or schedule files')
     if metric == 'fid' and not ref:
@@ -61,6 +64,9 @@ def main(network: str, steps: List[int], schedules: List[str], solver: str, metr
     if out:
         check_output_file(out, '--out')
     net = load_network_spec(network, device=device, trust_embedded_code=trust_pickle)
+    if metric == 'fid' and getattr(net, 'encoder', None) is not None:
+        raise UserError('--metric=fid scores samples as pixels, but this network\'s samples are decoded by its '
+                        'encoder (an EDM2 file); generate its images with generate_art.py and score them with fid.py')
     method_options = {'closed-form': dict(num_samples=cf_samples)}
     sources = [ScheduleSource(spec, net, network, solver, method_options) for spec in schedules]
     for source in sources:

@@ -30,6 +30,7 @@ import dnnlib
 from dnnlib.util import UserError
 from art.networks import network_name
 from edm import grids
+from edm.guidance import split_guided_spec
 
 FORMAT = 'edm-art-schedule'
 VERSION = 1
@@ -274,9 +275,14 @@ def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: boo
 
 def _same_network(a: str, b: str) -> bool:
     """Whether two network specs name one network: an analytic Gaussian by its whole spec, a pickle or mixture by its
-    file name (a schedule records the path as it was given where it was made, relative or absolute)."""
-    def key(spec: str) -> str:
+    file name (a schedule records the path as it was given where it was made, relative or absolute); a guided field
+    (edm.guidance.guided_spec) by its network, its guide and its guidance weight."""
+    def name(spec: str) -> str:
         return spec if spec.startswith('analytic:') and not spec.startswith('analytic:gmm:') else network_name(spec)
+
+    def key(spec: str) -> tuple:
+        network, gnet, guidance = split_guided_spec(spec)
+        return name(network), gnet and name(gnet), guidance
     return key(a) == key(b)
 
 

@@ -148,6 +148,22 @@ def generate_options(sigma_schedule_flag: str = '--schedule', default_outdir: Op
     return decorate
 
 
+def guidance_options() -> Callable[[Callable], Callable]:
+    """--gnet and --guidance: autoguidance by a guiding network (edm.guidance; checked there, before loading)."""
+    options = [
+        click.option('--gnet', help='Guiding network pickle for autoguidance (only its "ema" is read)',
+                     metavar='PATH|URL', type=str, default=None),
+        click.option('--guidance', help='Guidance weight w > 0: D_gnet + w (D - D_gnet); needs --gnet', metavar='FLOAT',
+                     type=float, default=None),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Checks made before any loading or sampling, so that a mistake costs nothing and leaves nothing half-written.
 

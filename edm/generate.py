@@ -4,16 +4,17 @@
     torchrun --standalone --nproc_per_node=2 -m edm.generate --network=PKL --outdir=out
 
 Seeds are split across ranks as upstream does (docs/edm-compat.md §2.3), every image depends only on its seed, and the
-network is loaded with the safe loader unless `--trust-pickle` is given.
+network is loaded with the safe loader unless `--trust-pickle` is given. EDM2 files are sampled the same way (float64
+Heun on the grid), autoguided with `--gnet` and `--guidance`, and their images are decoded by the file's encoder.
 """
 from typing import List, Optional
 
 import click
 import torch
 
-from edm.cli import Command, check_output_dir, check_sigma_range, generate_options
+from edm.cli import Command, check_output_dir, check_sigma_range, generate_options, guidance_options
 from edm.generation import generate_images, load_on_ranks
-from edm.loading import load_network_pkl
+from edm.guidance import check_guidance_options, load_guided_pkl
 from edm.sampler import upstream_sampler
 from torch_utils import distributed as dist
 
@@ -22,8 +23,10 @@ from torch_utils import distributed as dist
 @click.option('--network', 'network_pkl', help='Network pickle filename or URL', metavar='PATH|URL', type=str, required=True)
 @generate_options()
 @click.option('--solver', help='Ablate ODE solver', type=click.Choice(['euler', 'heun']))
+@guidance_options()
 def main(network_pkl: str, outdir: str, seeds: List[int], subdirs: bool, class_idx: Optional[int],
-         max_batch_size: int, device: torch.device, trust_pickle: bool, **sampler_kwargs) -> None:
+         max_batch_size: int, device: torch.device, trust_pickle: bool, gnet: Optional[str],
+         guidance: Optional[float], **sampler_kwargs) -> None:
     """Generate random images using the techniques described in the paper
     "Elucidating the Design Space of Diffusion-Based Generative Models".
 
@@ -32,12 +35,15 @@ def main(network_pkl: str, outdir: str, seeds: List[int], subdirs: bool, class_i
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     """
     check_output_dir(outdir, '--outdir')
+    guidance = check_guidance_options(gnet, guidance)
     discretization = sampler_kwargs['discretization'] or 'edm'
     check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], discretization)
     dist.init()
     dist.print0(f'Loading network from "{network_pkl}"...')
-    net = load_on_ranks(lambda spec: load_network_pkl(spec, trust_embedded_code=trust_pickle)['ema'], network_pkl,
-                        device)
+    if gnet is not None:
+        dist.print0(f'Guiding it by "{gnet}" with weight {guidance:g}...')
+    net = load_on_ranks(lambda spec: load_guided_pkl(spec, gnet, guidance, trust_embedded_code=trust_pickle),
+                        network_pkl, device)
     check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], discretization, net)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     generate_images(net, outdir, seeds, upstream_sampler(**sampler_kwargs), class_idx=class_idx,

@@ -1,9 +1,13 @@
 """One sampler for every grid: Euler/Heun/RK4/DPM-Solver++(2M) with churn, EDM's ablation schedules and scalings
 (docs/edm-compat.md §3).
 
-`sample` integrates the probability-flow ODE (plus optional churn) over an explicit noise-level grid. `edm_sampler` and
-`ablation_sampler` keep upstream's signatures: they only build the grid and call `sample`. With the linear schedule and
-no scaling the arithmetic is that of upstream's `edm_sampler` operation for operation, so results are bit-identical.
+`sample` integrates the probability-flow ODE (plus optional churn) over an explicit noise-level grid in a working
+precision `dtype` (float64 by default, as EDM's sampler; EDM2's works in float32). `edm_sampler`, `ablation_sampler` and
+`edm2_sampler` keep upstream's signatures (EDM's two samplers, EDM2's with autoguidance): they only build the grid and
+call `sample`. With the linear schedule and no scaling the arithmetic is that of upstream's samplers operation for
+operation, so results are bit-identical given the same grid and network outputs (EDM2's guided blend is taken in the
+networks' precision, float32, where upstream takes it in the working dtype: float64 runs differ by its round-off).
+Networks without EDM's interface (EDM2's Precond) and guided networks are seen through edm.guidance.GuidedDenoiser.
 
 Solvers (one step from t to t_next = t + h; the step that reaches sigma = 0 is first order for all of them):
 - euler: x + h d(x, t).
@@ -21,11 +25,13 @@ import torch
 
 from edm.grids import (VP_BETA_D, VP_BETA_MIN, Scaling, NoiseSchedule, check_choice, make_scaling, make_schedule,
                        make_sigmas, sigma_range, vp_beta)
+from edm.guidance import as_denoiser
 
 SOLVERS = ('euler', 'heun', 'rk4', 'dpmpp-2m')
 
 Tensor = torch.Tensor
 RandnLike = Callable[[Tensor], Tensor]
+Denoise = Callable[[Tensor, Tensor], Tensor]   # (x, sigma) -> D(x; sigma) in the working dtype
 GridLike = Union[Tensor, np.ndarray, Sequence[float]]
 
 
@@ -56,11 +62,10 @@ def _round_sigma(net: Any, sigma: Tensor) -> Tensor:
     return torch.as_tensor(net.round_sigma(sigma), dtype=torch.float64)
 
 
-def _derivative(net: Any, x: Tensor, t: Tensor, class_labels: Optional[Tensor], schedule: NoiseSchedule,
-                scaling: Scaling) -> Tensor:
-    """dx/dt = sigma'(x - s D)/sigma + (s'/s) x, D = net(x/s, sigma): the d of §3.4, equal to (x - D)/t when linear."""
+def _derivative(denoise: Denoise, x: Tensor, t: Tensor, schedule: NoiseSchedule, scaling: Scaling) -> Tensor:
+    """dx/dt = sigma'(x - s D)/sigma + (s'/s) x, D = D(x/s; sigma): the d of §3.4, equal to (x - D)/t when linear."""
     sigma, s = schedule.sigma(t), scaling.s(t)
-    denoised = net(x / s, sigma, class_labels).to(torch.float64)
+    denoised = denoise(x / s, sigma)
     return schedule.sigma_deriv(t) * (x - s * denoised) / sigma + scaling.s_deriv(t) / s * x
 
 
@@ -88,25 +93,36 @@ def _dpmpp_2m_step(x: Tensor, denoised: Tensor, prev_denoised: Optional[Tensor],
 def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[Tensor] = None,
            randn_like: RandnLike = torch.randn_like, solver: str = 'heun', schedule: str = 'linear',
            scaling: str = 'none', alpha: float = 1, S_churn: float = 0, S_min: float = 0, S_max: float = float('inf'),
-           S_noise: float = 1, vp_beta_d: float = VP_BETA_D, vp_beta_min: float = VP_BETA_MIN) -> Tensor:
-    """Integrate from latents * sigma_0 down the K + 1 grid `sigmas` (already rounded); returns float64 x_K."""
+           S_noise: float = 1, vp_beta_d: float = VP_BETA_D, vp_beta_min: float = VP_BETA_MIN,
+           dtype: torch.dtype = torch.float64) -> Tensor:
+    """Integrate from latents * sigma_0 down the K + 1 grid `sigmas` (already rounded); returns x_K in `dtype`.
+
+    x, the network's outputs, its 0-dim sigma and the grid levels (rounded to it) are in `dtype`; step sizes are
+    computed in float64 from those levels and rounded to `dtype` where they meet x, as a `dtype` subtraction would be.
+    """
     check_choice('solver', solver, SOLVERS)
+    if not dtype.is_floating_point:
+        raise ValueError(f'dtype must be a floating-point type, got {dtype}')
     if solver == 'heun' and not alpha > 0:
         raise ValueError(f'alpha must be > 0, got {alpha}')
     if solver == 'dpmpp-2m' and (schedule != 'linear' or scaling != 'none' or S_churn != 0):
         raise ValueError('dpmpp-2m integrates the linear-schedule, unscaled ODE without churn; '
                          'use schedule=linear, scaling=none, S_churn=0')
+    net = as_denoiser(net)
     sched = make_schedule(schedule, vp_beta_d, vp_beta_min)
     scal = make_scaling(scaling, sched)
-    sigmas = check_sigmas(sigmas, latents.device)
+    sigmas = check_sigmas(sigmas, latents.device).to(dtype).to(torch.float64)
     num_steps = len(sigmas) - 1
     t_steps = torch.cat([sched.sigma_inv(sigmas[:-1]), torch.zeros_like(sigmas[:1])])  # t_i = sigma^{-1}(sigma_i)
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
-    def d(x: Tensor, t: Tensor) -> Tensor:
-        return _derivative(net, x, t, class_labels, sched, scal)
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        return net(x, sigma.to(dtype), class_labels).to(dtype)
 
-    x_next = latents.to(torch.float64) * (sched.sigma(t_steps[0]) * scal.s(t_steps[0]))
+    def d(x: Tensor, t: Tensor) -> Tensor:
+        return _derivative(denoise, x, t, sched, scal)
+
+    x_next = latents.to(dtype) * (sched.sigma(t_steps[0]) * scal.s(t_steps[0]))
     prev_denoised = None                                               # dpmpp-2m: D of the previous step
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
@@ -123,7 +139,7 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
 
         h = t_next - t_hat
         if solver == 'dpmpp-2m':                                       # linear schedule: t = sigma
-            denoised = net(x_hat, sigma_hat, class_labels).to(torch.float64)
+            denoised = denoise(x_hat, sigma_hat)
             x_next = _dpmpp_2m_step(x_hat, denoised, prev_denoised, sigmas[i - 1] if i else None, sigma_hat,
                                     sigmas[i + 1])
             prev_denoised = denoised
@@ -148,9 +164,25 @@ def edm_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] = None
                 sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,
                 S_max: float = float('inf'), S_noise: float = 1) -> Tensor:
     """Upstream's EDM sampler (Algorithm 2): Heun on the rho grid, clamped to the net's range and rounded."""
+    net = as_denoiser(net)
     sigmas = make_sigmas('edm', num_steps, sigma_min, sigma_max, rho=rho, net=net)
     return sample(net, latents, sigmas, class_labels, randn_like, S_churn=S_churn, S_min=S_min, S_max=S_max,
                   S_noise=S_noise)
+
+
+def edm2_sampler(net: Any, noise: Tensor, labels: Optional[Tensor] = None, gnet: Any = None, num_steps: int = 32,
+                 sigma_min: float = 0.002, sigma_max: float = 80, rho: float = 7, guidance: float = 1,
+                 S_churn: float = 0, S_min: float = 0, S_max: float = float('inf'), S_noise: float = 1,
+                 dtype: torch.dtype = torch.float32, randn_like: RandnLike = torch.randn_like) -> Tensor:
+    """Upstream EDM2's sampler (its signature and defaults): Heun on the rho grid in `dtype`, autoguided by gnet
+    with weight `guidance` (edm.guidance). The grid is EDM's float64 grid rounded to `dtype` (upstream evaluates the
+    formula in `dtype`: a few ulp apart). Churn noise is drawn on every step, as in EDM's sampler; upstream EDM2 draws
+    it only on the steps it churns, so with S_churn > 0 and a window [S_min, S_max] that skips steps, the per-seed
+    noise differs."""
+    net = as_denoiser(net, gnet, guidance)
+    sigmas = make_sigmas('edm', num_steps, sigma_min, sigma_max, rho=rho, net=net)
+    return sample(net, noise, sigmas, labels, randn_like, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+                  dtype=dtype)
 
 
 def ablation_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] = None,
@@ -161,6 +193,7 @@ def ablation_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] =
                      alpha: float = 1, S_churn: float = 0, S_min: float = 0, S_max: float = float('inf'),
                      S_noise: float = 1) -> Tensor:
     """Upstream's generalised sampler: any discretization x schedule x scaling, VP betas refitted to the range."""
+    net = as_denoiser(net)
     sigma_min, sigma_max = sigma_range(discretization, sigma_min, sigma_max, net, epsilon_s)
     vp_beta_d, vp_beta_min = vp_beta(sigma_min, sigma_max, epsilon_s)
     sigmas = make_sigmas(discretization, num_steps, sigma_min, sigma_max, rho=rho, net=net, epsilon_s=epsilon_s,

@@ -6,7 +6,10 @@ import sys
 import pytest
 
 from art.analytic import write_random_gmm
+from art.schedules import Schedule, save_schedule
 from conftest import ROOT, cli_error
+from edm.guidance import guided_spec
+from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 
 def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
@@ -48,3 +51,27 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
                       f'--out={tmp_path / "rows.json"}'] + [a.format(**paths) for a in args])   # the last value counts
     assert words.format(**paths) in line
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_cli_on_a_guided_edm2_network(tmp_path):
+    net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
+    guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)))
+    field = guided_spec(net, guide, 2.0)
+    for name, made_for in [('same.json', field), ('plain.json', net)]:
+        save_schedule(Schedule('test', [80.0, 2.0, 0.0], provenance={'network': made_for}), tmp_path / name)
+    out = tmp_path / 'rows.json'
+    run = subprocess.run([sys.executable, '-m', 'art.bench', f'--network={net}', f'--gnet={guide}', '--guidance=2',
+                          '--steps=2', f'--schedules=edm,{tmp_path / "same.json"},{tmp_path / "plain.json"}', '--num=2',
+                          f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result['network'] == field and len(result['rows']) == 3
+    # Only the schedule made for the unguided network is noted as made for another one.
+    notes = [line for line in run.stderr.splitlines() if line.startswith('Note:')]
+    assert notes == [f'Note: {tmp_path / "plain.json"} was made for {net}, not {field}: it is a valid grid here, but '
+                     f'optimised for the other network.']
+    line = cli_error(['-m', 'art.bench', f'--network={net}', '--metric=fid', '--ref=ref.npz', '--steps=2',
+                      '--schedules=edm'])
+    assert 'decoded by its encoder' in line
+    line = cli_error(['-m', 'art.bench', f'--network={net}', '--guidance=2', '--steps=2', '--schedules=edm'])
+    assert '--guidance needs a guiding network' in line

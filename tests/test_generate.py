@@ -3,10 +3,19 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import PIL.Image
 import pytest
+import torch
 
-from conftest import ROOT
-from edm.generation import rank_batches
+from art.analytic import load_analytic
+from conftest import ROOT, cli_error
+from edm.generation import generate_images, rank_batches
+from edm.guidance import GuidedDenoiser, load_guided_pkl
+from edm.rng import seed_latents
+from edm.sampler import edm_sampler
+from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
+from training.encoders import StabilityVAEEncoder
 
 
 def _run(args, tmp_path, torchrun=False):
@@ -75,4 +84,80 @@ def test_bad_input_one_line_error_no_images(tmp_path, tiny_pkl, args, pattern):
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith('error: ') and pattern in lines[0], out.stderr
+    assert not outdir.exists() or not any(outdir.rglob('*.png'))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EDM2 files: autoguidance and the encoder's decode.
+
+def _edm2_pkls(tmp_path) -> dict:
+    """A tiny conditional EDM2 network (float16, with its encoder), a smaller guide without one, guides that do not
+    fit and a latent-space file whose VAE is not available."""
+    return dict(net=write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1)),
+                guide=write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, model_channels=8), encoder=False),
+                big=write_edm2_pkl(tmp_path / 'big.pkl', tiny_edm2_net(seed=2, img_resolution=16)),
+                classes=write_edm2_pkl(tmp_path / 'classes.pkl', tiny_edm2_net(seed=2, label_dim=5)),
+                vae=write_edm2_pkl(tmp_path / 'vae.pkl', tiny_edm2_net(seed=1, img_channels=4),
+                                   encoder=StabilityVAEEncoder(vae_name=str(tmp_path / 'no-vae'))))
+
+
+def test_edm2_network_with_and_without_a_guide(tmp_path):
+    pkls = _edm2_pkls(tmp_path)
+    common = [f'--network={pkls["net"]}', '--seeds=0-2', '--steps=3', '--device=cpu']
+    for name, extra in [('plain', []), ('guided', [f'--gnet={pkls["guide"]}', '--guidance=2'])]:
+        out = _run(common + extra + [f'--outdir={tmp_path / name}'], tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert sorted(os.listdir(tmp_path / name)) == ['000000.png', '000001.png', '000002.png']
+    # Each PNG is the file encoder's decode of the sampler's output: the same computation in this process.
+    for name, gnet, guidance in [('plain', None, 1.0), ('guided', pkls['guide'], 2.0)]:
+        net = load_guided_pkl(pkls['net'], gnet, guidance)
+        latents, labels, rnd = seed_latents(net, [0, 1, 2])
+        with torch.no_grad():
+            images = net.encoder.decode(edm_sampler(net, latents, labels, rnd.randn_like, num_steps=3))
+        for seed, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+            assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / name / f'{seed:06d}.png')), image)
+    assert not np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'plain' / '000000.png')),
+                              np.asarray(PIL.Image.open(tmp_path / 'guided' / '000000.png')))
+
+
+class _Encoder:
+    """An encoder that records how it is set up and used."""
+    batch_size = 8
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, device):
+        self.calls.append(('init', str(device), self.batch_size))
+
+    def decode(self, x):
+        self.calls.append(('decode', tuple(x.shape), self.batch_size))
+        return torch.zeros([x.shape[0], 3, 4, 4], dtype=torch.uint8)
+
+
+def test_encoder_is_set_up_once_and_decodes_in_batches_of_four(tmp_path):
+    encoder = _Encoder()
+    net = GuidedDenoiser(load_analytic('analytic:gauss:std=0.5,shape=1x4x4'), encoder=encoder)
+    generate_images(net, str(tmp_path), [0, 1, 2], lambda net, latents, labels, randn_like: latents, max_batch_size=2,
+                    progress=False)
+    assert encoder.calls == [('init', 'cpu', 8), ('decode', (2, 1, 4, 4), 4), ('decode', (1, 1, 4, 4), 4)]
+    assert sorted(os.listdir(tmp_path)) == ['000000.png', '000001.png', '000002.png']
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--gnet=/no/such/guide.pkl', '--guidance=2'], "cannot open network pickle '/no/such/guide.pkl'"),
+    (['--gnet={guide}', '--guidance=0'], '--guidance must be a number > 0'),
+    (['--gnet={guide}', '--guidance=-1.5'], '--guidance must be a number > 0'),
+    (['--guidance=2'], '--guidance needs a guiding network: give --gnet'),
+    (['--gnet={guide}'], '--gnet needs --guidance'),
+    (['--gnet={big}', '--guidance=2'], 'the guiding network works on 3x16x16 images, the network on 3x8x8'),
+    (['--gnet={classes}', '--guidance=2'], 'the guiding network has 5 classes, the network 10'),
+    (['--network={vae}'], 'no-vae'),   # the VAE is set up before sampling: no download, nothing written
+])
+def test_edm2_bad_input_one_line_error_no_images(tmp_path, args, pattern):
+    pkls = _edm2_pkls(tmp_path)
+    args = [f'--network={pkls["net"]}'] + [a.format(**pkls) for a in args]   # the last --network counts
+    outdir = tmp_path / 'out'
+    assert pattern in cli_error(['-m', 'edm.generate', '--seeds=0', '--steps=2', '--device=cpu', f'--outdir={outdir}']
+                                + args)
     assert not outdir.exists() or not any(outdir.rglob('*.png'))

@@ -9,6 +9,7 @@ import pytest
 
 from art.schedules import Schedule, save_schedule
 from conftest import ROOT, cli_error
+from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
 
 
 def _run(args):
@@ -67,4 +68,38 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     line = cli_error(['generate_art.py', '--device=cpu', '--seeds=0', '--network=analytic:gauss:std=0.5,shape=1x4x4',
                       f'--outdir={tmp_path / "out"}'] + [a.format(**paths) for a in args])   # the last value counts
     assert words.format(**paths) in line
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_edm2_guided_baseline_grid_is_python_m_edm_generate(tmp_path):
+    net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1))
+    guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, label_dim=0, model_channels=8))  # CFG-like
+    common = [f'--network={net}', f'--gnet={guide}', '--guidance=1.5', '--seeds=0-1', '--steps=3']
+    out = _run(common + ['--schedule=edm', f'--outdir={tmp_path / "a"}'])
+    assert out.returncode == 0, out.stderr
+    ref = subprocess.run([sys.executable, '-m', 'edm.generate', '--device=cpu', f'--outdir={tmp_path / "b"}'] + common,
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    for name in ('000000.png', '000001.png'):
+        assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'a' / name)),
+                              np.asarray(PIL.Image.open(tmp_path / 'b' / name)))
+    assert PIL.Image.open(tmp_path / 'a-grid.png').size == (2 * 8, 8)
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--gnet={guide}', '--guidance=0'], '--guidance must be a number > 0'),
+    (['--guidance=2'], '--guidance needs a guiding network: give --gnet'),
+    (['--gnet={guide}'], '--gnet needs --guidance'),
+    (['--gnet=/no/guide.pkl', '--guidance=2'], "'/no/guide.pkl': no such file; the guiding network must be"),
+    (['--gnet={big}', '--guidance=2'], 'the guiding network works on 3x16x16 images, the network on 3x8x8'),
+    (['--gnet={guide}', '--guidance=2', '--network=analytic:gauss1d'], 'an analytic model takes no guiding network'),
+])
+def test_edm2_bad_guide_is_one_line_and_writes_nothing(tmp_path, args, words):
+    paths = dict(net=write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1)),
+                 guide=write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, model_channels=8)),
+                 big=write_edm2_pkl(tmp_path / 'big.pkl', tiny_edm2_net(seed=2, img_resolution=16)))
+    before = sorted(os.listdir(tmp_path))
+    line = cli_error(['generate_art.py', '--device=cpu', '--seeds=0', f'--network={paths["net"]}',
+                      f'--outdir={tmp_path / "out"}'] + [a.format(**paths) for a in args])
+    assert words in line
     assert sorted(os.listdir(tmp_path)) == before

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RANDN_FLOAT32_ATOL
+from art.analytic import load_analytic
+from conftest import FIXTURES, RANDN_FLOAT32_ATOL
 from edm import grids
-from edm.rng import StackedRandomGenerator
-from edm.sampler import ablation_sampler, edm_sampler, nfe, sample
+from edm.guidance import GuidedDenoiser
+from edm.rng import StackedRandomGenerator, seed_latents
+from edm.sampler import ablation_sampler, edm2_sampler, edm_sampler, nfe, sample
 from training import networks
 
 C = 0.5  # data std of the analytic model
@@ -313,3 +315,164 @@ def test_ablation_sampler_matches_upstream(upstream, key):
     # §3.5): with identical network outputs the outputs agree to 1e-14, and to 2e-11 for Heun under the ve schedule.
     tolerance = VE_HEUN_TOLERANCE if '.heun.ve.' in key else ABLATION_TOLERANCE
     assert rel_error(upstream.out[key], upstream.ref[key]) < tolerance
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EDM2's sampler with autoguidance against upstream EDM2 (tests/fixtures/edm2-compat/README.md, "Sampler case").
+
+# Upstream EDM2's float32 networks (ours agree with them to float32 round-off, tests/test_networks_edm2.py) feed 7 to 15
+# chained evaluations here, and the few large steps magnify round-off: multiplying every network output by
+# 1 + 6e-8 N(0, 1) (half a float32 ulp) moves these outputs by up to 2.0e-5 of their scale (4 steps, guidance 2;
+# 2.3e-6 with 8 steps). Measured against upstream: at most 1.4e-5. The bound is 2.5x the first. Real differences
+# exceed it: rho = 7.001 moves the output by 1.9e-4, sigma_max = 80.01 by 1.1e-4, guidance 2.001 by 1.7e-3, a guide
+# called without the labels by 0.37.
+EDM2_TOLERANCE = 5e-5
+# Upstream evaluates the rho grid in the working dtype; edm2_sampler rounds EDM's float64 grid to it. In float32 the
+# two are up to 8 ulp apart (measured 9.3e-7 relative); in float64 they are identical.
+EDM2_GRID_RTOL = {torch.float32: 1.5e-6, torch.float64: 0.0}
+
+
+class CallLog(torch.nn.Module):
+    """A network that records each call (name, sigma, x, labels) in a log shared with other networks."""
+
+    def __init__(self, net: torch.nn.Module, name: str, log: list) -> None:
+        super().__init__()
+        self.net, self.name, self.log = net, name, log
+        self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
+
+    def forward(self, x, sigma, class_labels=None):
+        self.log.append(SimpleNamespace(name=self.name, sigma=sigma, x=x, labels=class_labels))
+        return self.net(x, sigma, class_labels)
+
+
+@pytest.fixture(scope='module')
+def edm2_case():
+    """net, gnet (upstream's weights, loaded strictly), the sampler references and run options."""
+    from training.networks_edm2 import Precond
+    folder = FIXTURES / 'edm2-compat'
+    meta = json.loads((folder / 'edm2_sampler.json').read_text())
+    arrays = dict(np.load(folder / 'edm2_sampler.npz'))
+    net_meta = json.loads((folder / f'{meta["net_case"]}.json').read_text())
+    net_arrays = np.load(folder / f'{meta["net_case"]}.npz')
+    net = Precond(**net_meta['kwargs'])
+    net.load_state_dict({key: torch.from_numpy(net_arrays[f'state.{key}']) for key, _ in net_meta['state_keys']})
+    gnet = Precond(**meta['gnet']['kwargs'])
+    gnet.load_state_dict({key: torch.from_numpy(arrays[f'gnet.state.{key}']) for key, _ in meta['gnet']['state_keys']})
+    return SimpleNamespace(meta=meta, ref=arrays, net=net.eval().requires_grad_(False),
+                           gnet=gnet.eval().requires_grad_(False))
+
+
+def _edm2_run(case, tag):
+    kwargs = dict(case.meta['runs'][tag]['kwargs'])
+    kwargs['dtype'] = getattr(torch, kwargs['dtype'])
+    return kwargs
+
+
+def test_edm2_inputs_are_drawn_per_seed_as_upstream(edm2_case):
+    latents, labels, _ = seed_latents(edm2_case.net, edm2_case.meta['seeds'])
+    torch.testing.assert_close(latents, torch.from_numpy(edm2_case.ref['latents']), rtol=0, atol=RANDN_FLOAT32_ATOL)
+    assert torch.equal(labels, torch.from_numpy(edm2_case.ref['class_labels']))   # integer draws: exact
+
+
+@pytest.mark.parametrize('tag', [f'steps{n}.guidance{w}.{dtype}' for n in (4, 8) for w in ('1.0', '2.0')
+                                 for dtype in ('float32', 'float64')] + ['steps6.guidance1.5.float32.sigma0.01-20.rho5'])
+def test_edm2_sampler_matches_upstream(edm2_case, tag):
+    kwargs, ref = _edm2_run(edm2_case, tag), edm2_case.ref
+    log = []
+    latents, labels = torch.from_numpy(ref['latents']), torch.from_numpy(ref['class_labels'])
+    with torch.no_grad():
+        out = edm2_sampler(CallLog(edm2_case.net, 'net', log), latents, labels, CallLog(edm2_case.gnet, 'gnet', log),
+                           randn_like=StackedRandomGenerator('cpu', edm2_case.meta['seeds']).randn_like, **kwargs)
+    expected = ref[f'edm_sampler.{tag}']
+    assert out.dtype == kwargs['dtype'] and str(out.dtype).endswith(str(expected.dtype))
+    assert rel_error(out.double(), torch.from_numpy(expected).double()) < EDM2_TOLERANCE
+    # 2N - 1 net calls; gnet right after each, with the same x, sigma and labels, unless guidance == 1.
+    net_sigma, gnet_sigma = ref[f'calls.{tag}.net_sigma'], ref[f'calls.{tag}.gnet_sigma']
+    assert len(net_sigma) == nfe(kwargs['num_steps'])
+    assert len(gnet_sigma) == (0 if kwargs['guidance'] == 1 else len(net_sigma))
+    names = [call.name for call in log]
+    assert names == (['net'] if kwargs['guidance'] == 1 else ['net', 'gnet']) * len(net_sigma)
+    for call in log:
+        assert call.sigma.ndim == 0 and call.sigma.dtype == call.x.dtype == kwargs['dtype'] and call.labels is labels
+    for first, second in zip(log[::2], log[1::2]):
+        if second.name == 'gnet':
+            assert second.x is first.x and second.sigma is first.sigma
+    np.testing.assert_allclose([float(c.sigma) for c in log if c.name == 'net'], net_sigma,
+                               rtol=EDM2_GRID_RTOL[kwargs['dtype']], atol=0)
+    np.testing.assert_allclose([float(c.sigma) for c in log if c.name == 'gnet'], gnet_sigma,
+                               rtol=EDM2_GRID_RTOL[kwargs['dtype']], atol=0)
+
+
+@pytest.mark.parametrize('tag', ['steps4.guidance2.0.float32', 'steps8.guidance1.0.float64',
+                                 'steps6.guidance1.5.float32.sigma0.01-20.rho5'])
+def test_sample_on_upstreams_grid_calls_the_networks_at_upstreams_levels(edm2_case, tag):
+    # The one sampler given upstream's own (dtype-evaluated) grid and the guided denoiser: the levels of every
+    # network call are upstream's exactly, and the output agrees as above.
+    kwargs, ref = _edm2_run(edm2_case, tag), edm2_case.ref
+    net_sigma = ref[f'calls.{tag}.net_sigma']
+    grid = np.append(np.concatenate([net_sigma[:1], net_sigma[1::2]]), 0.0)   # t_0, then each t_{i+1} (Heun: twice)
+    log = []
+    denoiser = GuidedDenoiser(CallLog(edm2_case.net, 'net', log), CallLog(edm2_case.gnet, 'gnet', log),
+                              kwargs['guidance'])
+    with torch.no_grad():
+        out = sample(denoiser, torch.from_numpy(ref['latents']), grid, torch.from_numpy(ref['class_labels']),
+                     dtype=kwargs['dtype'])
+    assert [float(c.sigma) for c in log if c.name == 'net'] == net_sigma.tolist()
+    assert [float(c.sigma) for c in log if c.name == 'gnet'] == ref[f'calls.{tag}.gnet_sigma'].tolist()
+    assert out.dtype == kwargs['dtype']
+    assert rel_error(out.double(), torch.from_numpy(ref[f'edm_sampler.{tag}']).double()) < EDM2_TOLERANCE
+
+
+def test_edm_samplers_take_an_edm2_network_as_it_is(edm2_case):
+    # EDM2's Precond has no round_sigma or sigma range: the samplers see it with identity rounding on [0, inf), so
+    # the grid keeps the defaults (0.002 to 80) and EDM's float64 sampler is edm2_sampler in float64.
+    ref = edm2_case.ref
+    latents, labels = torch.from_numpy(ref['latents']), torch.from_numpy(ref['class_labels'])
+    with torch.no_grad():
+        edm = edm_sampler(edm2_case.net, latents, labels, num_steps=4)
+        edm2 = edm2_sampler(edm2_case.net, latents, labels, num_steps=4, dtype=torch.float64)
+        ablation = ablation_sampler(edm2_case.net, latents, labels, num_steps=4, solver='euler', discretization='vp')
+    assert torch.equal(edm, edm2) and ablation.dtype == torch.float64 and torch.isfinite(ablation).all()
+    assert rel_error(edm, torch.from_numpy(ref['edm_sampler.steps4.guidance1.0.float64'])) < EDM2_TOLERANCE
+
+
+def test_working_dtype_rounds_the_levels_the_network_sees(latents):
+    # In float32 the levels the network sees are the grid rounded to float32, and x stays float32 throughout.
+    net = GaussianNet(torch.float32)
+    grid = grids.edm_sigmas(5)
+    out = sample(net, latents, grid, dtype=torch.float32)
+    assert out.dtype == torch.float32
+    levels = [grid[0]] + np.repeat(grid[1:-1], 2).tolist()                  # Heun: t_0, then each t_{i+1} twice
+    assert [float(s) for s in net.sigmas] == [float(np.float32(s)) for s in levels]
+    assert all(s.dtype == torch.float32 for s in net.sigmas)
+    with pytest.raises(ValueError, match='floating-point'):
+        sample(GaussianNet(), latents, grid, dtype=torch.int32)
+
+
+def edm2_algorithm(net, gnet, guidance, latents, t_steps, dtype):
+    """Upstream EDM2's sampler without churn as its fixture README describes it, written out literally: the oracle
+    for bit-exactness in the working dtype."""
+    def denoise(x, t):
+        D = net(x, t).to(dtype)
+        return D if guidance == 1 else gnet(x, t).to(dtype).lerp(D, guidance)
+    x_next = latents.to(dtype) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_hat, t_hat = x_next, t_cur
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < len(t_steps) - 2:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+@pytest.mark.parametrize('guidance', [1.0, 2.0])
+def test_float32_guided_sampling_is_bit_exact_with_upstreams_algorithm(latents, guidance):
+    # Exact Gaussian denoisers (float32 in, float32 out), upstream's float32 grid: the same arithmetic bit for bit.
+    net = load_analytic('analytic:gauss:std=0.5,shape=2x4x4')
+    gnet = load_analytic('analytic:gauss:std=0.8,shape=2x4x4')
+    steps = torch.arange(6, dtype=torch.float32)
+    t_steps = torch.cat([(80 ** (1 / 7) + steps / 5 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7, torch.zeros(1)])
+    expected = edm2_algorithm(net, gnet, guidance, latents, t_steps, torch.float32)
+    out = sample(GuidedDenoiser(net, gnet, guidance), latents, t_steps.double().numpy(), dtype=torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)

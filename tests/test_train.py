@@ -11,9 +11,13 @@ import pytest
 import torch
 
 from art.analytic import load_analytic
+from art.networks import load_network_spec
 from art.schedules import load_schedule
 from art.train import auto_preset
 from conftest import ROOT, cli_error, tiny_edm_net, write_network_pkl
+from dnnlib.util import UserError
+from edm.guidance import GuidedDenoiser, guided_spec
+from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), 'torchrun')
 RL = ['--network=analytic:gauss1d', '--steps=5', '--lr=3e-4', '--gamma-lr=3e-4', '--device=cpu']
@@ -149,6 +153,9 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     (['--network=analytic:gauss:std=0.5,shape=1x2x2', '--lambda=0.2'], '--lambda: not an option of the images'),
     (['--network=analytic:gauss1d', '--method=closed-form', '--solver=heun'], 'makes grids for --solver=euler'),
     (['--network=analytic:gauss1d', '--method=gits', '--solver=rk4'], 'makes grids for --solver=euler or heun'),
+    (['--network=analytic:gauss1d', '--guidance=2'], '--guidance needs a guiding network: give --gnet'),
+    (['--network=analytic:gauss1d', '--gnet=/no/g.pkl', '--guidance=2'], 'an analytic model takes no guiding network'),
+    (['--resume=/no/such/run', '--gnet=/no/g.pkl', '--guidance=2'], 'give --network as well'),
 ])
 def test_bad_input(tmp_path, args, pattern):
     out = _train(args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
@@ -194,3 +201,52 @@ def test_peer_method_grid_is_made_for_the_given_solver(tmp_path):
     schedule = load_schedule(os.path.join(_only_run_dir(tmp_path), 'schedule-k3.json'))
     assert schedule.method == 'gits' and schedule.solver == 'heun'
     assert schedule.provenance['run_options']['solver'] == 'heun'
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EDM2 networks, with and without a guide: the schedule is learned on the field the sampler integrates.
+
+def test_guided_spec_loads_as_one_guided_network(tmp_path):
+    net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
+    guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)))
+    guided = load_network_spec(guided_spec(net, guide, 2.5))
+    assert isinstance(guided, GuidedDenoiser) and guided.guidance == 2.5 and guided.gnet is not None
+    assert not guided.training and not any(p.requires_grad for p in guided.parameters())
+    plain = load_network_spec(net)
+    assert isinstance(plain, GuidedDenoiser) and plain.gnet is None               # EDM's interface for EDM2
+    x, sigma, labels = torch.randn([2, 3, 4, 4]), torch.tensor(0.7), torch.eye(10)[[3, 4]]
+    D, D_g = plain(x, sigma, labels), guided.gnet(x, sigma, labels)
+    # float32 lerp against the formula: a few ulp of |D| ~ 1.
+    torch.testing.assert_close(guided(x, sigma, labels), D_g + 2.5 * (D - D_g), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="'/no/guide.pkl': no such file; the guiding network must be"):
+        load_network_spec(guided_spec(net, '/no/guide.pkl', 2.0))
+    with pytest.raises(UserError, match='an analytic model takes no guiding network'):
+        load_network_spec(guided_spec('analytic:gauss1d', guide, 2.0))
+
+
+@pytest.mark.parametrize('guided', [False, True])
+def test_edm2_closed_form_then_generate(tmp_path, guided):
+    # Toy size: the closed form evaluates Q by a JVP at each of its 256 reference levels (about 10 s, 20 s guided).
+    net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
+    guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)),
+                           encoder=False)
+    guide_args = [f'--gnet={guide}', '--guidance=2'] if guided else []
+    out = _train([f'--network={net}', '--method=closed-form', '--cf-samples=1', '--steps=4',
+                  f'--outdir={tmp_path / "runs"}', '--device=cpu'] + guide_args)
+    assert out.returncode == 0, out.stderr
+    path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k4.json')
+    schedule = load_schedule(path, num_steps=4)
+    field = f'{net}?gnet={guide}&guidance=2.0' if guided else net
+    assert schedule.provenance['network'] == field == schedule.provenance['run_options']['network']
+    assert schedule.sigmas[0] == 80.0 and np.all(np.diff(schedule.sigmas) < 0)
+
+    def generate(args, name):
+        run = subprocess.run([sys.executable, 'generate_art.py', f'--network={net}', f'--schedule={path}',
+                              '--seeds=0-1', f'--outdir={tmp_path / name}', '--device=cpu'] + args, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert sorted(os.listdir(tmp_path / name)) == ['000000.png', '000001.png']
+        return run.stdout
+    assert 'Note:' not in generate(guide_args, 'img')                          # the field it was learned on
+    if guided:                                                                 # the unguided field is another one
+        assert f'was made for {field}, not {net}' in generate([], 'unguided')
