@@ -68,3 +68,15 @@ def cli_error(args, cwd=ROOT) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
     return lines[0]
+
+
+def imported_names(path) -> set:
+    """Every module (import x) and module.name (from x import name) that the Python file at path imports."""
+    import ast
+    imported = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {f'{node.module}.{alias.name}' for alias in node.names}
+    return imported

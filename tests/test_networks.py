@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import imported_names
 from training import networks
 from training.networks import (AttentionOp, Conv2d, DhariwalUNet, EDMPrecond, FourierEmbedding, GroupNorm, Linear,
                                PositionalEmbedding, SongUNet, UNetBlock, VEPrecond, VPPrecond, iDDPMPrecond,
@@ -477,13 +478,7 @@ def test_iddpm_round_sigma_snaps_to_u():
 
 def test_module_imports_and_persistence_decorators():
     tree = ast.parse(Path(networks.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported |= {f'{node.module}.{alias.name}' for alias in node.names}
-    assert imported <= {'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}
+    assert imported_names(networks.__file__) <= {'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             decorators = [ast.unparse(d) for d in node.decorator_list]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, imported_names
 from torch_utils import persistence
 from training import networks_edm2
 from training.networks_edm2 import (MPConv, MPFourier, Block, Precond, UNet, mp_cat, mp_silu, mp_sum, normalize,
@@ -235,13 +235,7 @@ def test_unet_passes_block_arguments_to_every_block():
 
 def test_module_imports_and_persistence_decorators():
     tree = ast.parse(Path(networks_edm2.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported |= {f'{node.module}.{alias.name}' for alias in node.names}
-    assert imported <= {'numpy', 'torch', 'torch_utils.persistence', 'torch_utils.misc'}
+    assert imported_names(networks_edm2.__file__) <= {'numpy', 'torch', 'torch_utils.persistence', 'torch_utils.misc'}
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     assert {node.name for node in classes} == {'MPFourier', 'MPConv', 'Block', 'UNet', 'Precond'}
     for node in classes:
