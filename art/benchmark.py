@@ -22,7 +22,7 @@ from art.schedules import Schedule, baseline_schedule, check_network_fit, load_s
 from edm import fid, grids
 from edm.images import to_uint8
 from edm.rng import seed_latents
-from edm.sampler import nfe, sample
+from edm.sampler import nfe, sample, sample_batches
 
 
 class ScheduleSource:
@@ -120,7 +120,7 @@ def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources:
                 if metric == 'w2':
                     values.append(metrics.exact_w2(net, schedule.sigmas, solver))
                 elif metric == 'rms':
-                    x = sample(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels, solver=solver)
+                    x = sample_batches(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels, solver=solver)
                     values.append(metrics.rms_error(x, seed_set.reference(float(schedule.sigmas[0]))))
                 else:
                     values.append(seed_set.fid(schedule.sigmas, solver, detector, ref, fid_options.get('batch', 64)))

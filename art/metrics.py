@@ -8,7 +8,7 @@ import torch
 
 from art.analytic import AnalyticModel, GaussianModel, gauss_w2, reference_solution
 from edm import grids
-from edm.sampler import sample
+from edm.sampler import sample_batches
 
 REFERENCE_STEPS = 512     # Heun steps of the reference solve for neural networks (EDM rho=7 grid).
 
@@ -28,7 +28,7 @@ def reference_endpoints(net: torch.nn.Module, latents: torch.Tensor, sigma_T: fl
     if isinstance(net, AnalyticModel):
         return reference_solution(net, latents.to(torch.float64) * sigma_T, sigma_T=sigma_T)
     fine = grids.make_sigmas('edm', steps, sigma_max=sigma_T, net=net)
-    return sample(net, latents, fine, class_labels=class_labels, solver=solver)
+    return sample_batches(net, latents, fine, class_labels=class_labels, solver=solver)
 
 
 def rms_error(x: torch.Tensor, reference: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ analytic benchmark (`MIXTURE_NETWORK`). Shipped schedules live in `assets/schedu
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -60,18 +60,19 @@ def network_name(spec: str) -> str:
     return os.path.splitext(os.path.basename(stem.rstrip('/')))[0] or 'network'
 
 
-def shipped_schedule_path(spec: str, num_steps: int) -> Optional[Path]:
-    """The shipped schedule file for this network: K itself if shipped (art-rl before closed-form), else the
-    shipped K nearest to num_steps (to be resampled); None when nothing is shipped for the network."""
+def shipped_schedule_path(spec: str, num_steps: int, methods: Sequence[str] = SHIPPED_METHODS) -> Optional[Path]:
+    """The shipped schedule file of one of `methods` for this network: K itself if shipped (earlier methods first),
+    else the shipped K nearest to num_steps (to be resampled); None when nothing is shipped for the network."""
     folder = ASSETS / 'schedules' / network_name(spec)
-    files = [folder / f'{method}-k{num_steps}.json' for method in SHIPPED_METHODS]
+    files = [folder / f'{method}-k{num_steps}.json' for method in methods]
     for path in files:
         if path.is_file():
             return path
-    shipped = sorted(folder.glob('*-k*.json')) if folder.is_dir() else []
+    shipped = sorted(path for path in folder.glob('*-k*.json') if path.stem.rpartition('-k')[0] in methods) \
+        if folder.is_dir() else []
     if not shipped:
         return None
-    rank = {method: i for i, method in enumerate(SHIPPED_METHODS)}
+    rank = {method: i for i, method in enumerate(methods)}
     def key(path: Path):
         method, _, k = path.stem.rpartition('-k')
         return abs(int(k) - num_steps), rank.get(method, len(rank))

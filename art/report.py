@@ -17,14 +17,16 @@ The trained network (`trained`): rms against a `TRAINED_REFERENCE` solve of the 
 solver x K cells of `TRAINED_RMS`, and LeNet-FID (`fid.py --detector=lenet`, against the shipped statistics of the 60k
 training images) of `--trained-fid-num` images for the cells of `TRAINED_FID`, with `--trained-fid-repeats` disjoint
 sets at Euler K = 5; Inception FID at Euler and Heun K = 5 when `--inception-ref` (statistics of the training images,
-`fid.py ref --detector=offline`) is given. The closed form is estimated once for every cell; art-rl comes from
-`--trained-art-rl` (a run directory); gits is made per solver and K for Euler and Heun, direct only at the K of
+`fid.py ref --detector=offline`) is given. The closed form and art-rl are one clock each, read off at every K: by
+default the schedules shipped for the network (their provenance holds what making them cost), else
+`--trained-closed-form` / `--trained-art-rl`; gits is made per solver for Euler and Heun, direct only at the K of
 `--trained-direct-steps` (it differentiates through the network, the costliest method by far on a CPU); neither is
 defined for RK4 or DPM-Solver++(2M), whose cells show '-'.
 """
 
 import os
 import platform
+import time
 from typing import Dict, List, Optional
 
 import click
@@ -38,7 +40,7 @@ from art.benchmark import SeedSet
 from art.methods import MAKER_METHODS, SOLVER_SPECIFIC, ScheduleMaker
 from art.networks import DEFAULT_NETWORK, MIXTURE_NETWORK, load_network_spec, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
-from art.schedules import code_version
+from art.schedules import code_version, load_schedule
 from edm import fid, lenet
 from edm.cli import Command, check_output_dir, int_list_callback, name_list_callback
 from edm.images import to_uint8
@@ -130,23 +132,38 @@ def finish_setting(title: str, solver: str, metric: str, rows: List[Dict], outdi
         if row['schedule'].endswith('.json'):
             row['schedule'] = 'art-rl'                                     # the report's only schedule files
     name = f'{title}-{metric}-{solver}'.replace(' ', '_')
+    print(f'{name}: {len(rows)} cells in {sum(row["seconds"] for row in rows):.0f} s', flush=True)
     plot_metric_vs_nfe(rows, os.path.join(outdir, f'{name}.png'), metric, title=f'{title} ({solver})')
     return dict(title=title, name=name, solver=solver, metric=metric, rows=rows, note=note + '.',
                 costs=method_costs(rows), table=format_table(rows), gaps=gap_table(rows))
 
 
-def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, art_rl: Optional[str],
-                    direct_steps: List[int], direct_latents: int, cf_samples: int, gits_latents: int,
-                    inception_ref: Optional[str]) -> List[Dict]:
+def one_clock_file(spec: Optional[str], method: str, option: str) -> Optional[str]:
+    """The schedule file of a one-clock method for the trained network: `spec` (a file, or a train_art.py run
+    directory: its largest K), else the shipped file of the method (None if it ships none)."""
+    if spec is None:
+        path = shipped_schedule_path(DEFAULT_NETWORK, 18, methods=(method,))
+        return None if path is None else str(path)
+    if os.path.isdir(spec):
+        return art_rl_files(spec, sorted({k for steps in TRAINED_RMS.values() for k in steps}))[0]
+    if not os.path.isfile(spec):
+        raise UserError(f'{option}={spec}: no such schedule file or run directory')
+    return spec
+
+
+def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, closed_form_file: Optional[str],
+                    art_rl_file: Optional[str], direct_steps: List[int], direct_latents: int, direct_iters: int,
+                    gits_latents: int, inception_ref: Optional[str]) -> List[Dict]:
     """The settings of the embedded trained network (module docstring): rms and LeNet-FID per solver, Inception FID at
     K = 5; every schedule made once and shared by the cells that use it."""
     net = load_network_spec(DEFAULT_NETWORK)
-    closed_form = ScheduleMaker('closed-form', net, DEFAULT_NETWORK, options=dict(num_samples=cf_samples))
-    rl_files = art_rl_files(art_rl, sorted({k for steps in TRAINED_RMS.values() for k in steps}))
+    clock = load_schedule(closed_form_file) if closed_form_file else None
+    closed_form = ScheduleMaker('closed-form', net, DEFAULT_NETWORK, options=dict(num_samples=64), clock=clock)
+    rl_files = [art_rl_file] if art_rl_file else []
     rms_sets = [SeedSet(net, list(range(num)), torch.device('cpu'), reference=TRAINED_REFERENCE)]
     fid_sets = [SeedSet(net, list(range(r * fid_num, (r + 1) * fid_num)), torch.device('cpu'))
                 for r in range(fid_repeats)]
-    lenet_fid = dict(ref=lenet.REFERENCE, detector='lenet', batch=256)
+    lenet_fid = dict(ref=lenet.REFERENCE, detector='lenet', batch=32)
     results = []
     for solver in TRAINED_RMS:
         sources = [ScheduleSource(spec, net, DEFAULT_NETWORK, solver) for spec in BASELINES]
@@ -157,7 +174,7 @@ def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, art_r
             gits = ScheduleMaker('gits', net, DEFAULT_NETWORK, solver, dict(num_latents=gits_latents,
                                                                             fine_steps=TRAINED_GITS_LEVELS))
             direct = ScheduleMaker('direct', net, DEFAULT_NETWORK, solver, dict(
-                num_latents=direct_latents, num_holdout=direct_latents, reference=TRAINED_REFERENCE,
+                num_latents=direct_latents, num_holdout=direct_latents, iters=direct_iters, reference=TRAINED_REFERENCE,
                 warm_start=[closed_form, gits]))
             peers = [(ScheduleSource('gits', net, DEFAULT_NETWORK, solver, maker=gits), None),
                      (ScheduleSource('direct', net, DEFAULT_NETWORK, solver, maker=direct), direct_steps)]
@@ -181,14 +198,16 @@ def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, art_r
                 results.append(cells('trained network LeNet repeats', [5], 'fid', fid_sets, fid_options=lenet_fid))
             if inception_ref and solver in ('euler', 'heun'):
                 results.append(cells('trained network Inception', [5], 'fid', fid_sets[:1],
-                                     fid_options=dict(ref=inception_ref, detector='offline', batch=64)))
+                                     fid_options=dict(ref=inception_ref, detector='offline', batch=32)))
     return results
 
 
-def write_report(outdir: str, results: List[Dict], version: str) -> str:
+def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: Optional[float] = None) -> str:
     """report.md: one section per setting with its table, plot and method costs; `version` is the commit measured."""
+    wall = '' if wall_seconds is None else f' in {wall_seconds / 60:.0f} min wall time'
     lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {version} on '
-             f'{platform.processor() or platform.machine()} CPU, torch {torch.__version__}.', '']
+             f'{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}'
+             f'{wall}.', '']
     for result in results:
         lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['note'], '',
                   result['table'], '',
@@ -234,29 +253,32 @@ def write_report(outdir: str, results: List[Dict], version: str) -> str:
               type=click.IntRange(min=0), default=2000, show_default=True)
 @click.option('--trained-fid-repeats', help='Disjoint image sets of the LeNet-FID at Euler K = 5',
               type=click.IntRange(min=1), default=3, show_default=True)
-@click.option('--trained-art-rl', help='Run directory of train_art.py with art-rl schedules for the trained network',
-              metavar='DIR', default=None)
+@click.option('--trained-closed-form', help='Closed-form schedule of the trained network (its clock serves every K)',
+              metavar='FILE', default=None, show_default='the shipped one')
+@click.option('--trained-art-rl', help='art-rl schedule of the trained network, or a train_art.py run directory',
+              metavar='FILE|DIR', default=None, show_default='the shipped one')
 @click.option('--trained-direct-steps', help='K at which direct is made on the trained network', metavar='LIST',
-              default='5,10', show_default=True, callback=int_list_callback(1, 'trained-direct-steps'))
+              default='5', show_default=True, callback=int_list_callback(1, 'trained-direct-steps'))
 @click.option('--trained-direct-latents', help='Training latents of direct on the trained network',
               type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--trained-cf-samples', help='Trajectories of the closed form on the trained network',
-              type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--trained-direct-iters', help='Adam iterations of direct on the trained network (held-out stopping)',
+              type=click.IntRange(min=0), default=100, show_default=True)
 @click.option('--trained-gits-latents', help='Teacher trajectories of gits on the trained network',
               type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--inception-ref', help='Inception statistics of the training images (fid.py ref --detector=offline) '
               'for the trained network  [default: no Inception FID]', metavar='NPZ', default=None)
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
          fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str, settings: List[str],
-         trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_art_rl: Optional[str],
-         trained_direct_steps: List[int], trained_direct_latents: int, trained_cf_samples: int,
-         trained_gits_latents: int, inception_ref: Optional[str]) -> None:
+         trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_closed_form: Optional[str],
+         trained_art_rl: Optional[str], trained_direct_steps: List[int], trained_direct_latents: int,
+         trained_direct_iters: int, trained_gits_latents: int, inception_ref: Optional[str]) -> None:
     """Benchmark every schedule method and write the report."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise UserError(f'--settings: unknown {", ".join(unknown)}; choose from {", ".join(SETTINGS)}')
     check_output_dir(outdir, '--outdir')
     version = code_version()                        # before this run writes its own outputs into the tree
+    start = time.perf_counter()
     os.makedirs(outdir, exist_ok=True)
     results = []
     if 'mixture' in settings:
@@ -283,10 +305,11 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
                                        fid_num, 1, outdir, sources,
                                        fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
     if 'trained' in settings:
-        results += trained_results(outdir, trained_num, trained_fid_num, trained_fid_repeats, trained_art_rl,
-                                   trained_direct_steps, trained_direct_latents, trained_cf_samples,
-                                   trained_gits_latents, inception_ref)
-    print(write_report(outdir, results, version))
+        results += trained_results(outdir, trained_num, trained_fid_num, trained_fid_repeats,
+                                   one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
+                                   one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), trained_direct_steps,
+                                   trained_direct_latents, trained_direct_iters, trained_gits_latents, inception_ref)
+    print(write_report(outdir, results, version, time.perf_counter() - start))
 
 
 if __name__ == '__main__':

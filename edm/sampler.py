@@ -159,6 +159,19 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
     return x_next
 
 
+def sample_batches(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[Tensor] = None,
+                   batch: int = 32, **kwargs: Any) -> Tensor:
+    """`sample` in chunks of `batch` latents (deterministic solves only): a CPU evaluates a small network fastest on
+    small batches, whose activations stay in cache (about 2x at batch 32 against 1,024). Each latent's result is that of
+    one call, up to the batch-size dependence of the network's round-off."""
+    if kwargs.get('S_churn', 0) or batch < 1:
+        raise ValueError('sample_batches needs batch >= 1 and no churn (the noise stream would depend on batch)')
+    chunks = range(0, latents.shape[0], batch)
+    return torch.cat([sample(net, latents[i:i + batch], sigmas,
+                             class_labels=None if class_labels is None else class_labels[i:i + batch], **kwargs)
+                      for i in chunks])
+
+
 def edm_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] = None,
                 randn_like: RandnLike = torch.randn_like, num_steps: int = 18, sigma_min: float = 0.002,
                 sigma_max: float = 80, rho: float = 7, S_churn: float = 0, S_min: float = 0,

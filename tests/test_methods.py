@@ -24,6 +24,21 @@ def test_maker_makes_each_k_once_and_the_closed_form_clock_once():
     assert gits.method == 'gits' and gits.sigmas[-1] == 0 and np.all(np.diff(gits.sigmas) < 0)
 
 
+def test_a_closed_form_made_earlier_stands_in_for_the_estimate(monkeypatch):
+    import art.methods
+    net = load_analytic('analytic:gauss1d')
+    made = ScheduleMaker('closed-form', net, 'analytic:gauss1d', options=dict(num_samples=16, fine_steps=64))(18)
+    monkeypatch.setattr(art.methods, 'closed_form_schedule', lambda *a, **k: pytest.fail('estimated again'))
+    maker = ScheduleMaker('closed-form', net, 'analytic:gauss1d', clock=made)
+    for k in (3, 5, 18):                                   # read off the given clock at every K, as a file resamples
+        np.testing.assert_array_equal(maker(k).sigmas, made.resample(k).sigmas)
+    assert maker(5).provenance['resampled']['from_steps'] == 18
+    gits = ScheduleMaker('gits', net, 'analytic:gauss1d', options=dict(num_latents=4))(3)
+    for method, clock in (('gits', made), ('closed-form', gits)):
+        with pytest.raises(ValueError, match='only a closed-form schedule with a clock'):
+            ScheduleMaker(method, net, 'analytic:gauss1d', clock=clock)
+
+
 def test_solver_specific_methods_refuse_other_solvers():
     net = load_analytic('analytic:gauss1d')
     for method in ('direct', 'gits'):

@@ -2,6 +2,7 @@
 import json
 
 
+from art.networks import DEFAULT_NETWORK
 from art.report import gap_table, method_costs, write_report
 from conftest import cli_error
 
@@ -68,3 +69,29 @@ def test_unknown_setting_is_one_line(tmp_path):
     line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', '--settings=mixture,bogus'])
     assert 'unknown bogus' in line
     assert not (tmp_path / 'r').exists()
+
+
+def test_trained_setting_at_toy_size(tmp_path, monkeypatch):
+    """Every method's column on the embedded network, end to end at toy size (2 latents, tiny grids): the closed form
+    and art-rl come from schedule files (their provenance gives the cost), gits and direct are made here."""
+    import art.report
+    from art.networks import shipped_schedule_path
+    monkeypatch.setattr(art.report, 'TRAINED_RMS', {'euler': [2, 3], 'rk4': [2]})
+    monkeypatch.setattr(art.report, 'TRAINED_FID', {'euler': [2]})
+    monkeypatch.setattr(art.report, 'TRAINED_REFERENCE', ('euler', 6))
+    monkeypatch.setattr(art.report, 'TRAINED_GITS_LEVELS', 5)
+    closed_form = str(shipped_schedule_path(DEFAULT_NETWORK, 18, methods=('closed-form',)))
+    results = art.report.trained_results(str(tmp_path), num=2, fid_num=3, fid_repeats=1, closed_form_file=closed_form,
+                                         art_rl_file=closed_form, direct_steps=[3], direct_latents=2, direct_iters=1,
+                                         gits_latents=1, inception_ref=None)
+    assert [(r['metric'], r['solver']) for r in results] == [('rms', 'euler'), ('fid', 'euler'), ('rms', 'rk4')]
+    euler, rk4 = results[0]['rows'], results[2]['rows']
+    assert {(r['schedule'], r['steps']) for r in euler} == {(m, k) for m in ('edm', 'uniform', 'logsnr', 'closed-form',
+                                                                            'art-rl', 'gits') for k in (2, 3)} | {('direct', 3)}
+    assert {r['schedule'] for r in rk4} == {'edm', 'uniform', 'logsnr', 'closed-form', 'art-rl'}   # no gits/direct
+    assert all(r['value'] > 0 and r['nfe'] == (4 * r['steps'] - 3 if r['solver'] == 'rk4' else r['steps'])
+               for r in euler + rk4)
+    shipped_cost = json.loads(open(closed_form).read())['provenance']['cost']
+    assert results[0]['costs']['closed-form']['network_evals'] == shipped_cost['forward_evals'] + shipped_cost['jvp_evals']
+    assert set(results[0]['costs']) == {'closed-form', 'art-rl', 'gits', 'direct'}
+    assert (tmp_path / f'{results[1]["name"]}.png').is_file()

@@ -12,7 +12,7 @@ from conftest import FIXTURES, RANDN_FLOAT32_ATOL
 from edm import grids
 from edm.guidance import GuidedDenoiser
 from edm.rng import StackedRandomGenerator, seed_latents
-from edm.sampler import ablation_sampler, edm2_sampler, edm_sampler, nfe, sample
+from edm.sampler import ablation_sampler, edm2_sampler, edm_sampler, nfe, sample, sample_batches
 from training import networks
 
 C = 0.5  # data std of the analytic model
@@ -172,6 +172,28 @@ def test_rk4_and_dpmpp_2m_call_the_net_as_counted(latents):
     net = GaussianNet()
     sample(net, latents, grid, solver='dpmpp-2m')
     assert [float(s) for s in net.sigmas] == grid[:-1].tolist() and nfe(5, 'dpmpp-2m') == 5
+
+
+class LabelledNet(GaussianNet):
+    """GaussianNet shifted by a per-row multiple of the class index, so a misaligned label chunk shows."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, class_labels=None) -> torch.Tensor:
+        shift = class_labels.argmax(dim=1).to(x.dtype).reshape(-1, 1, 1, 1) * sigma / 10
+        return super().__call__(x, sigma) + shift
+
+
+@pytest.mark.parametrize('solver', ['euler', 'heun', 'rk4', 'dpmpp-2m'])
+def test_sample_batches_is_one_call_in_chunks(solver):
+    latents = torch.randn([7, 2, 4, 4], generator=torch.Generator().manual_seed(1))
+    labels = torch.eye(3, dtype=torch.float64)[torch.tensor([0, 2, 1, 1, 0, 2, 2])]
+    grid = grids.edm_sigmas(4)
+    whole = sample(LabelledNet(), latents, grid, class_labels=labels, solver=solver)
+    net = LabelledNet()
+    chunked = sample_batches(net, latents, grid, class_labels=labels, batch=3, solver=solver)
+    assert torch.equal(chunked, whole)         # the net is elementwise per row, so chunking changes no bit
+    assert len(net.sigmas) == 3 * nfe(4, solver) and [s.shape for s in net.sigmas[:1]] == [torch.Size([])]
+    with pytest.raises(ValueError, match='churn'):
+        sample_batches(net, latents, grid, class_labels=labels, S_churn=1.0)
 
 
 @pytest.mark.parametrize('kwargs', [dict(schedule='vp'), dict(scaling='vp'), dict(S_churn=1.0)])
