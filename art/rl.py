@@ -155,6 +155,11 @@ class Learner:
         """Trajectories whose rollouts `iters` iterations simulate, all processes together (for the cost)."""
         return iters * self.cfg.batch * self.world
 
+    def network_evals(self, iters: int) -> dict:
+        """Network evaluations of `iters` iterations, all processes: a forward pass and a JVP per rollout level."""
+        evals = self.trajectories(iters) * self.grid_steps
+        return dict(forward_evals=evals, jvp_evals=evals)
+
     def schedule(self, mean: torch.Tensor, num_steps: int) -> dict:
         """The distilled schedule from the buffer's mean row (see `distill`)."""
         raise NotImplementedError

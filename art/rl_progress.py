@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from art.error_density import error_density, q_norm
+from art.error_density import error_density, field, q_norm
 from art.rl import ARTDivergence, Learner, LearnerConfig, mlp, trajectory_generator
 from art.schedules import Clock
 from edm import grids
@@ -44,6 +44,7 @@ class ProgressConfig(LearnerConfig):
     pool: Optional[int] = None       # replay: error densities of this many trajectories, computed once (None: fresh)
     pool_batch: int = 64             # trajectories per network call when the pool is computed
     q_mode: str = 'jvp'              # Q by forward-mode AD ('jvp') or a finite difference along the flow ('fd')
+    path: str = 'heun'               # the state between psi-grid levels: a Heun or an Euler step of the PF-ODE
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +60,8 @@ class ProgressConfig(LearnerConfig):
             raise ValueError('pool must be at least batch, and pool_batch positive')
         if self.q_mode not in ('jvp', 'fd'):
             raise ValueError(f"q_mode must be 'jvp' or 'fd', not {self.q_mode!r}")
+        if self.path not in ('heun', 'euler'):
+            raise ValueError(f"path must be 'heun' or 'euler', not {self.path!r}")
 
     @property
     def grid_steps(self) -> int:
@@ -111,20 +114,37 @@ class ProgressLearner(Learner):
 
     @torch.no_grad()
     def densities(self, x: torch.Tensor, labels: Optional[torch.Tensor], iteration: int) -> torch.Tensor:
-        """q_k = |Q_u| (eq. M9) at every psi-grid step along the sampler's Euler flow from x (policy-free: eq. R2),
-        at max(sigma, sigma_floor); [count, M]."""
+        """q_k = |Q_u| (eq. M9) at every psi-grid step along the PF-ODE path from x (policy-free: eq. R2), at
+        max(sigma, sigma_floor); [count, M]. The path is followed by Heun steps on the psi-grid (`path`): the objective
+        integrates Q along the ODE's solution, and an Euler path drifts off it where sigma is small, which inflates
+        q there (docs/art-rl.md §3.4)."""
         cfg, M = self.cfg, self.grid_steps
         sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
+        floored = sigma.clamp(min=cfg.sigma_floor)
         q_all = []
         for k in range(M):
-            sigma_eval = float(sigma[k].clamp(min=cfg.sigma_floor))
-            f, Q = error_density(self.net, x, sigma_eval, labels, mode=cfg.q_mode)
-            speed2 = self.clock.speed2(torch.tensor(sigma_eval, dtype=torch.float64))
-            q_all.append((q_norm(Q).to(sigma) * speed2).clamp(min=cfg.eps))
+            f, Q = error_density(self.net, x, float(floored[k]), labels, mode=cfg.q_mode)
+            q_all.append((q_norm(Q).to(sigma) * self.clock.speed2(floored[k].cpu())).clamp(min=cfg.eps))
             if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
-                raise ARTDivergence(f'non-finite error density at iteration {iteration}, sigma = {sigma_eval:.4g}')
-            x = x + float(sigma[k + 1] - sigma[k]) * f.to(x)
+                raise ARTDivergence(f'non-finite error density at iteration {iteration}, '
+                                    f'sigma = {float(floored[k]):.4g}')
+            if k + 1 == M:
+                break
+            h = float(sigma[k + 1] - sigma[k])
+            x_next = x + h * f.to(x)
+            if cfg.path == 'heun':
+                x_next = x + 0.5 * h * (f + field(self.net, x_next, float(floored[k + 1]), labels)).to(x)
+            x = x_next
         return torch.stack(q_all, dim=1)
+
+    def network_evals(self, iters: int) -> dict:
+        """Network evaluations of `iters` iterations: per rollout level a forward pass and a JVP (q_mode 'fd': two
+        forward passes), plus the Heun corrector's forward pass between levels."""
+        rollouts, M = self.trajectories(iters), self.grid_steps
+        forward = rollouts * (M + (M - 1 if self.cfg.path == 'heun' else 0))
+        if self.cfg.q_mode == 'fd':
+            return dict(forward_evals=forward + rollouts * M, jvp_evals=0)
+        return dict(forward_evals=forward, jvp_evals=rollouts * M)
 
     def pool_densities(self, rows: list[int], iteration: int) -> torch.Tensor:
         """q of the replay pool's trajectories `rows`, each computed once, pool_batch trajectories per network call.

@@ -181,8 +181,7 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
             bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}', refresh=False)
             if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
                 save_snapshot()
-    evals = learner.trajectories(cfg.iters) * learner.grid_steps              # rollout levels, all processes
-    cost = dict(forward_evals=evals, jvp_evals=evals,
+    cost = dict(**learner.network_evals(cfg.iters),                          # rollout levels, all processes
                 cpu_seconds_this_session_rank0=round(time.process_time() - cpu0, 2),
                 wall_seconds_this_session=round(time.perf_counter() - wall0, 2))
     return learner, cost

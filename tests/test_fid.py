@@ -193,6 +193,41 @@ def test_stats_equal_numpy_mean_and_unbiased_cov(small_images):
     np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-9)
 
 
+def test_partial_statistics_resume_to_the_same_sums(small_images, tmp_path):
+    w = torch.randn(3 * 16 * 16, 2048, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def projection(images, return_features=True):
+        calls.append(images.shape[0])
+        if len(calls) == stop_at:
+            raise RuntimeError('interrupted')
+        return (images.to(torch.float64).flatten(1) / 255) @ w
+
+    stop_at = None
+    whole = fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=2, progress=False)
+    partial = str(tmp_path / 'run.partial.npz')
+    calls.clear()
+    stop_at = 5                                             # 7 batches of 2: saved after batches 2 and 4, then fails
+    with pytest.raises(UserError, match='interrupted'):
+        fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=2, progress=False,
+                                      partial=partial, save_every=2)
+    with pytest.raises(UserError, match='belong to other inputs'):
+        fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=3, progress=False,
+                                      partial=partial, save_every=2)
+    calls.clear()
+    stop_at = None
+    resumed = fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=2, progress=False,
+                                            partial=partial, save_every=2)
+    assert calls == [2, 2, 1]                               # only batches 5-7 were computed again
+    for a, b in zip(resumed, whole):                        # the same float64 sums in the same order: exact
+        np.testing.assert_array_equal(a, b)
+    assert not os.path.exists(partial)
+    Path(partial).write_bytes(b'not an npz')
+    with pytest.raises(UserError, match='cannot read partial statistics'):
+        fid.calculate_inception_stats(str(small_images), detector=projection, max_batch_size=2, progress=False,
+                                      partial=partial)
+
+
 def test_grayscale_images_are_repeated_to_three_channels(tmp_path):
     gray = write_images(tmp_path / 'g', [np.full((8, 8), v, np.uint8) for v in (0, 100, 200)])
     seen = []

@@ -135,3 +135,34 @@ def test_finite_difference_densities_follow_the_jvp():
     torch.testing.assert_close(q['fd'], q['jvp'], rtol=5e-4, atol=0)
     with pytest.raises(ValueError, match='q_mode'):
         ProgressConfig(q_mode='exact')
+
+
+def test_heun_path_stays_on_the_ode_solution(monkeypatch):
+    """The states at which q is sampled follow the PF-ODE by Heun steps (path='heun', the default) or Euler steps;
+    on a Gaussian the solution is known, x(sigma) = x(T) sqrt((c^2 + sigma^2)/(c^2 + T^2)), and Heun's states are
+    far closer to it. The cost counts the corrector's forward passes."""
+    import art.rl_progress
+    from art.rl import trajectory_generator
+    c = 0.5
+    net = load_analytic(f'analytic:gauss:std={c},shape=1x4x4')
+    seen = []
+    original = art.rl_progress.error_density
+    monkeypatch.setattr(art.rl_progress, 'error_density',
+                        lambda net, x, sigma, *a, **k: seen.append((x.clone(), sigma)) or original(net, x, sigma, *a, **k))
+    errors = {}
+    for path in ('euler', 'heun'):
+        learner = ProgressLearner(net, ProgressConfig(steps=3, train_steps=128, path=path))   # the preset's grid
+        x, labels = learner.initial_states([trajectory_generator(0, 0, j) for j in range(4)])
+        seen.clear()
+        learner.densities(x, labels, 0)
+        x_T, T = seen[0]
+        exact = [(x_k, x_T * np.sqrt((c ** 2 + s ** 2) / (c ** 2 + T ** 2))) for x_k, s in seen
+                 if s > learner.cfg.sigma_floor]              # below the floor the field is frozen at sigma_floor
+        errors[path] = max(float((x_k - x).abs().max() / x.abs().max()) for x_k, x in exact)
+    assert errors['heun'] < 0.1 * errors['euler']            # measured: 1.4e-3 against 2.8e-2 (relative, worst level)
+    cfg = ProgressConfig(steps=3, train_steps=16, batch=2, pool=4)
+    assert ProgressLearner(net, cfg).network_evals(10) == dict(forward_evals=4 * 31, jvp_evals=4 * 16)
+    assert ProgressLearner(net, ProgressConfig(steps=3, train_steps=16, batch=2, path='euler', q_mode='fd')
+                           ).network_evals(1) == dict(forward_evals=2 * 32, jvp_evals=0)
+    with pytest.raises(ValueError, match='path'):
+        ProgressConfig(path='rk4')
