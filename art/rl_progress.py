@@ -115,9 +115,9 @@ class ProgressLearner(Learner):
     @torch.no_grad()
     def densities(self, x: torch.Tensor, labels: Optional[torch.Tensor], iteration: int) -> torch.Tensor:
         """q_k = |Q_u| (eq. M9) at every psi-grid step along the PF-ODE path from x (policy-free: eq. R2), at
-        max(sigma, sigma_floor); [count, M]. The path is followed by Heun steps on the psi-grid (`path`): the objective
-        integrates Q along the ODE's solution, and an Euler path drifts off it where sigma is small, which inflates
-        q there (docs/art-rl.md §3.4)."""
+        max(sigma, sigma_floor); [count, M]. The path is followed by Heun or Euler steps on the psi-grid (`path`): the
+        objective integrates Q along the ODE's solution, which Heun steps track more closely where sigma is small
+        (on the trained network both give the same clock: docs/art-rl.md §3.4)."""
         cfg, M = self.cfg, self.grid_steps
         sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
         floored = sigma.clamp(min=cfg.sigma_floor)
