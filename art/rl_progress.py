@@ -2,7 +2,7 @@
 variable, learned on a fine psi-grid; one learned clock serves every K.
 
 docs/art-rl.md §3 derives this form (equations R1-R7; M-labels are in docs/method.md).  On the uniform psi-grid
-psi_k = k dpsi, dpsi = U / train_steps, x follows the sampler's Euler flow whatever the policy does; the policy draws
+psi_k = k dpsi, dpsi = U / train_steps, x follows the PF-ODE whatever the policy does; the policy draws
 theta_k = mu_k exp(log_std z_k) (log-normal, eq. R4), which makes the step last dt_k = dpsi/theta_k; the running
 reward is -(q_k theta_k + gamma/theta_k) dpsi (eq. R3) with q = |Q_u| the clock's error density (eq. M9); gamma = C/B
 on each batch (eq. R6) and the mean is renormalised to spend the time budget exactly (eq. R7).  The actor ascends the
@@ -114,18 +114,20 @@ class ProgressLearner(Learner):
 
     @torch.no_grad()
     def densities(self, x: torch.Tensor, labels: Optional[torch.Tensor], iteration: int) -> torch.Tensor:
-        """q_k = |Q_u| (eq. M9) at every psi-grid step along the PF-ODE path from x (policy-free: eq. R2), at
-        max(sigma, sigma_floor); [count, M]. The path is followed by Heun or Euler steps on the psi-grid (`path`): the
-        objective integrates Q along the ODE's solution, which Heun steps track more closely where sigma is small
-        (on the trained network both give the same clock: docs/art-rl.md §3.4)."""
+        """q_k, the mean of q = |Q_u| (eq. M9) over psi-step k (trapezoid of its ends), along the PF-ODE path from x
+        (policy-free: eq. R2); [count, M].  |Q| is evaluated at max(sigma, sigma_floor) but the clock's speed at sigma
+        itself, so below the floor q follows the clock down to 0 at sigma = 0, as the closed form's qbar does (held at
+        its sigma_floor value; docs/art-rl.md §3.4).  The path is followed by Heun or Euler steps on the psi-grid
+        (`path`)."""
         cfg, M = self.cfg, self.grid_steps
         sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
         floored = sigma.clamp(min=cfg.sigma_floor)
-        q_all = []
+        speed2 = self.clock.speed2(sigma)                                        # 0 at sigma_M = 0
+        q_levels = [torch.zeros(len(x), dtype=torch.float64, device=self.device)] * (M + 1)   # q(sigma_M = 0) = 0
         for k in range(M):
             f, Q = error_density(self.net, x, float(floored[k]), labels, mode=cfg.q_mode)
-            q_all.append((q_norm(Q).to(sigma) * self.clock.speed2(floored[k].cpu())).clamp(min=cfg.eps))
-            if not torch.isfinite(q_all[-1]).all():                              # stop at the first bad level
+            q_levels[k] = q_norm(Q).to(sigma) * speed2[k]
+            if not torch.isfinite(q_levels[k]).all():                            # stop at the first bad level
                 raise ARTDivergence(f'non-finite error density at iteration {iteration}, '
                                     f'sigma = {float(floored[k]):.4g}')
             if k + 1 == M:
@@ -135,7 +137,8 @@ class ProgressLearner(Learner):
             if cfg.path == 'heun':
                 x_next = x + 0.5 * h * (f + field(self.net, x_next, float(floored[k + 1]), labels)).to(x)
             x = x_next
-        return torch.stack(q_all, dim=1)
+        q = torch.stack(q_levels, dim=1)
+        return (0.5 * (q[:, :-1] + q[:, 1:])).clamp(min=cfg.eps)
 
     def network_evals(self, iters: int) -> dict:
         """Network evaluations of `iters` iterations: per rollout level a forward pass and a JVP (q_mode 'fd': two
@@ -164,7 +167,7 @@ class ProgressLearner(Learner):
 
     @torch.no_grad()
     def rollout(self, iteration: int, first_index: int, count: int) -> dict:
-        """Roll out `count` trajectories on the psi-grid: x follows the fine Euler flow (policy-free), theta_k =
+        """Roll out `count` trajectories on the psi-grid: x follows the PF-ODE (policy-free), theta_k =
         mu(psi_k) exp(log_std z_k) is drawn at every step and sets its duration dt_k = dpsi/theta_k (eq. R2).
         With a replay pool the error densities of pool trajectories are replayed in turn (global batch index
         iteration * batch * world + first_index + i, modulo the pool); only the policy noise z is new."""
