@@ -62,8 +62,8 @@ def test_direct_is_a_valid_schedule_and_round_trips(euler_k5, tmp_path):
     np.testing.assert_array_equal(back.sigmas, s.sigmas)
     assert back.method == 'direct' and back.provenance == s.provenance and back.metrics == s.metrics
     cost = s.provenance['cost']
-    # start, iterations, final; held out: iterations 0, 10, ..., 110 and the final iterate
-    assert cost['forward_evals'] == (1 + 120 + 1 + 12 + 1) * NUM * nfe(5, 'euler')
+    # start, iterations, final; held out: the start, iterations 10, 20, ..., 110 and the final iterate
+    assert cost['forward_evals'] == (1 + 120 + 1 + 1 + 11 + 1) * NUM * nfe(5, 'euler')
     assert cost['backward_evals'] == 120 * NUM * nfe(5, 'euler') and cost['cpu_seconds'] > 0
     assert s.provenance['latents']['seeds'] == f'{TRAIN_SEED_BASE}-{TRAIN_SEED_BASE + NUM - 1}'
 
@@ -79,7 +79,10 @@ def test_direct_lowers_training_rms_and_beats_edm_held_out(gmm, euler_k5):
     # The returned iterate is the best of the scored ones on its own held-out latents (the seeds after training's).
     holdout = euler_k5.provenance['holdout']
     assert holdout['seeds'] == f'{TRAIN_SEED_BASE + NUM}-{TRAIN_SEED_BASE + 2 * NUM - 1}'
-    assert euler_k5.metrics['holdout_rms'] ** 2 == pytest.approx(min(holdout['loss_history']), rel=1e-12)
+    starts = euler_k5.provenance['init']['candidates_holdout_rms']
+    assert euler_k5.metrics['holdout_rms'] == pytest.approx(
+        min(min(holdout['loss_history']) ** 0.5, *starts.values()), rel=1e-12)
+    assert euler_k5.metrics['holdout_rms_start'] == starts['edm sigma_min=0.002']
     assert euler_k5.metrics['holdout_rms'] == pytest.approx(
         held_out_rms(gmm, euler_k5.sigmas, 'euler', first_seed=TRAIN_SEED_BASE + NUM), rel=1e-9)
     assert euler_k5.metrics['holdout_rms'] < euler_k5.metrics['holdout_rms_start']
@@ -115,3 +118,16 @@ def test_warm_start_from_given_grids(gmm):
     with pytest.raises(ValueError, match='steps'):
         direct_schedule(gmm, 3, num_latents=NUM, iters=0, num_holdout=NUM,
                         init_grids={'k5': grids.make_sigmas('edm', 5, net=gmm)})
+
+
+def test_never_worse_held_out_than_a_candidate_start(gmm):
+    """A warm start that no iterate beats on the held-out latents is returned as it is: with a learning rate that
+    throws Adam far off, every iterate is worse held out than the given grid, so direct returns that grid."""
+    good = direct_schedule(gmm, 3, num_latents=NUM, iters=60, num_holdout=NUM)
+    wild = direct_schedule(gmm, 3, num_latents=NUM, iters=5, lr=50.0, eval_every=1, init_sigma_mins=(0.002,),
+                           num_holdout=NUM, init_grids={'given': good.sigmas})
+    assert wild.provenance['holdout']['returned'] == 'start given'
+    assert min(wild.provenance['holdout']['loss_history']) > wild.metrics['holdout_rms'] ** 2
+    np.testing.assert_array_equal(wild.sigmas[1:-1], grid_from_logits(logits_from_grid(good.sigmas), 80.0)[1:-1])
+    assert wild.metrics['holdout_rms'] == pytest.approx(
+        held_out_rms(gmm, good.sigmas, 'euler', first_seed=TRAIN_SEED_BASE + NUM), rel=1e-9)
