@@ -60,6 +60,7 @@ from edm.sampler import nfe
 from torch_utils.misc import module_device
 
 INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
+NUM_LATENTS = 1024                                          # training latents (module docstring)
 
 
 def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, class_labels: Optional[torch.Tensor],
@@ -96,7 +97,7 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
 
 
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
-                    num_latents: int = 1024, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
+                    num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
                     init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, init_grids: Optional[dict] = None,
                     sigma_max: Optional[float] = None, batch_size: int = 256, num_holdout: int = 256,
                     eval_every: int = 10, reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:

@@ -37,6 +37,7 @@ from dnnlib.util import UserError
 from art.analytic import GaussianMixtureModel, load_analytic, write_random_gmm
 from art.benchmark import ScheduleSource, format_table, run_bench
 from art.benchmark import SeedSet
+from art.direct import NUM_LATENTS
 from art.methods import MAKER_METHODS, SOLVER_SPECIFIC, ScheduleMaker
 from art.networks import DEFAULT_NETWORK, MIXTURE_NETWORK, load_network_spec, shipped_schedule_path
 from art.plots import plot_metric_vs_nfe
@@ -233,8 +234,8 @@ def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: O
 @click.option('--num', help='Latents (images) per seed set', type=click.IntRange(min=2), default=256, show_default=True)
 @click.option('--repeats', help='Disjoint seed sets per value (mean +- std)', type=click.IntRange(min=1), default=4,
               show_default=True)
-@click.option('--direct-latents', help='Training latents of direct on the default network (the mixture: 4096)',
-              type=click.IntRange(min=1), default=256, show_default=True)
+@click.option('--direct-latents', help='Training latents of direct on the two mixtures (direct\'s default)',
+              type=click.IntRange(min=1), default=NUM_LATENTS, show_default=True)
 @click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
               type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--fid-ref', help='FID reference statistics for the default network  [default: exact draws]',
@@ -289,7 +290,7 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
         mixture_net = load_analytic(spec)
         results.append(setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num,
                                repeats, outdir, columns(spec, mixture_net, 'euler',
-                                                        art_rl_files(art_rl, [3, 5, 10, 20]), 4096)))
+                                                        art_rl_files(art_rl, [3, 5, 10, 20]), direct_latents)))
     if 'fmnist-mixture' in settings:
         fmnist = load_analytic(MIXTURE_NETWORK)
         if fid_num and not fid_ref:
