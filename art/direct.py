@@ -38,8 +38,8 @@ Training latents come from per-seed generators (edm.rng, drawn as art.bench draw
 TRAIN_SEED_BASE + seed + i, disjoint from the seeds 0..N-1 that art.bench evaluates on: benchmarks are held out.
 
 Cost (provenance['cost']): forward_evals counts per-sample network forward passes (latents x NFE per pass: one pass
-per scanned start, one per iteration, one final, and the held-out passes), backward_evals the per-sample vector-Jacobian products through the
-network (iterations x latents x NFE); the reference solve is counted apart (reference_forward_evals for networks; for
+per scanned start, one per iteration, one final, and the held-out passes), backward_evals the per-sample
+vector-Jacobian products through the network (iterations x latents x NFE); the reference solve is counted apart (reference_forward_evals for networks; for
 analytic models it is an adaptive DOP853 solve whose CPU time is in reference_cpu_seconds and cpu_seconds).
 """
 
@@ -97,8 +97,9 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
 
 
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
-                    num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0, init: str = 'edm',
-                    init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS, init_grids: Optional[dict] = None,
+                    num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0,
+                    init: str = 'edm', init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS,
+                    init_grids: Optional[dict] = None,
                     sigma_max: Optional[float] = None, batch_size: int = 256, num_holdout: int = 256,
                     eval_every: int = 10, reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
@@ -153,9 +154,10 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
 
     def score(z: torch.Tensor, train_loss: float, where) -> float:
         nonlocal forward_evals
-        scored.append((loss_and_grad(z.detach(), with_grad=False, which=holdout), train_loss, where, z.detach().clone()))
+        held_out = loss_and_grad(z.detach(), with_grad=False, which=holdout)
+        scored.append((held_out, train_loss, where, z.detach().clone()))
         forward_evals += per_holdout
-        return scored[-1][0]
+        return held_out
 
     starts = {}                                     # name -> (training loss, logits, held-out loss) of each candidate
     for name, start_sigmas in candidates.items():
@@ -205,7 +207,8 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
         'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': batch_size,
         'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',
                     'sigma_max': sigma_max},
-        'holdout': {'num': num_holdout, 'seeds': f'{first_seed + num_latents}-{first_seed + num_latents + num_holdout - 1}',
+        'holdout': {'num': num_holdout,
+                    'seeds': f'{first_seed + num_latents}-{first_seed + num_latents + num_holdout - 1}',
                     'eval_every': eval_every, 'returned': best_where,
                     'loss_history': [row[0] for row in scored if not isinstance(row[2], str)]},
         'seed': seed, 'returned': 'lowest held-out loss among the candidate starts and the scored iterates (every '

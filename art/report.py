@@ -16,18 +16,20 @@ EDM. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
 The trained network (`trained`): rms against a `TRAINED_REFERENCE` solve of the same `--trained-num` latents for the
 solver x K cells of `TRAINED_RMS`, and LeNet-FID (`fid.py --detector=lenet`, against the shipped statistics of the 60k
 training images) of `--trained-fid-num` images for the cells of `TRAINED_FID`, with `--trained-fid-repeats` disjoint
-sets at Euler K = 5; Inception FID at Euler and Heun K = 5 when `--inception-ref` (statistics of the training images,
-`fid.py ref --detector=offline`) is given. The closed form and art-rl are one clock each, read off at every K: by
+sets at Euler K = 5; Inception FID of `--inception-num` images at Euler and Heun K = 5 when `--inception-ref`
+(statistics of the training images, `fid.py ref --detector=offline`) is given. The default sizes are chosen for a
+2-core CPU; the report states the wall time they took. The closed form and art-rl are one clock each, read off at every K: by
 default the schedules shipped for the network (their provenance holds what making them cost), else
 `--trained-closed-form` / `--trained-art-rl`; gits is made per solver for Euler and Heun, direct only at the K of
 `--trained-direct-steps` (it differentiates through the network, the costliest method by far on a CPU); neither is
 defined for RK4 or DPM-Solver++(2M), whose cells show '-'.
 """
 
+import dataclasses
 import os
 import platform
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import click
 import torch
@@ -65,7 +67,8 @@ def method_costs(rows: List[Dict]) -> Dict[str, dict]:
         total = costs.setdefault(row['schedule'], dict(network_evals=0, cpu_seconds=0.0))
         if row['schedule'] in ONE_CLOCK and total['network_evals']:
             continue
-        total['network_evals'] += int(sum(v for k, v in cost.items() if k.endswith('_evals') and isinstance(v, (int, float))))
+        total['network_evals'] += int(sum(v for k, v in cost.items()
+                                          if k.endswith('_evals') and isinstance(v, (int, float))))
         cpu = cost.get('cpu_seconds', cost.get('cpu_seconds_this_session_rank0', 0.0))   # art-rl: rank 0, its run
         total['cpu_seconds'] = round(total['cpu_seconds'] + float(cpu), 1)
     return costs
@@ -152,18 +155,34 @@ def one_clock_file(spec: Optional[str], method: str, option: str) -> Optional[st
     return spec
 
 
-def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, closed_form_file: Optional[str],
-                    art_rl_file: Optional[str], direct_steps: List[int], direct_latents: int, direct_iters: int,
-                    gits_latents: int, inception_ref: Optional[str]) -> List[Dict]:
+@dataclasses.dataclass
+class TrainedOptions:
+    """Sizes and schedule sources of the trained network's settings (the --trained-* and --inception-* options)."""
+    num: int = 256                              # latents of the rms cells
+    fid_num: int = 1000                         # images per LeNet-FID value (0: no FID)
+    fid_repeats: int = 3                        # disjoint image sets of the LeNet-FID at Euler K = 5
+    inception_ref: Optional[str] = None         # Inception statistics of the training images (None: no Inception FID)
+    inception_num: int = 500                    # images per Inception-FID value
+    closed_form_file: Optional[str] = None      # the closed form's clock (None: estimated here)
+    art_rl_file: Optional[str] = None           # the art-rl clock (None: no art-rl row)
+    direct_steps: Sequence[int] = (5,)          # K at which direct is made
+    direct_latents: int = 64                    # direct's training (and held-out) latents
+    direct_iters: int = 50                      # direct's Adam iterations
+    gits_latents: int = 32                      # gits' teacher trajectories
+
+
+def trained_results(outdir: str, opts: TrainedOptions) -> List[Dict]:
     """The settings of the embedded trained network (module docstring): rms and LeNet-FID per solver, Inception FID at
     K = 5; every schedule made once and shared by the cells that use it."""
     net = load_network_spec(DEFAULT_NETWORK)
-    clock = load_schedule(closed_form_file) if closed_form_file else None
+    clock = load_schedule(opts.closed_form_file) if opts.closed_form_file else None
     closed_form = ScheduleMaker('closed-form', net, DEFAULT_NETWORK, options=dict(num_samples=64), clock=clock)
-    rl_files = [art_rl_file] if art_rl_file else []
-    rms_sets = [SeedSet(net, list(range(num)), torch.device('cpu'), reference=TRAINED_REFERENCE)]
-    fid_sets = [SeedSet(net, list(range(r * fid_num, (r + 1) * fid_num)), torch.device('cpu'))
-                for r in range(fid_repeats)]
+    rl_files = [opts.art_rl_file] if opts.art_rl_file else []
+    cpu = torch.device('cpu')
+    rms_sets = [SeedSet(net, list(range(opts.num)), cpu, reference=TRAINED_REFERENCE)]
+    fid_sets = [SeedSet(net, list(range(r * opts.fid_num, (r + 1) * opts.fid_num)), cpu)
+                for r in range(opts.fid_repeats)]
+    inception_sets = [SeedSet(net, list(range(opts.inception_num)), cpu)]
     lenet_fid = dict(ref=lenet.REFERENCE, detector='lenet', batch=32)
     results = []
     for solver in TRAINED_RMS:
@@ -172,34 +191,33 @@ def trained_results(outdir: str, num: int, fid_num: int, fid_repeats: int, close
         sources += [ScheduleSource(path, net, DEFAULT_NETWORK, solver) for path in rl_files]
         peers = []
         if solver in SOLVER_SPECIFIC['gits']:
-            gits = ScheduleMaker('gits', net, DEFAULT_NETWORK, solver, dict(num_latents=gits_latents,
+            gits = ScheduleMaker('gits', net, DEFAULT_NETWORK, solver, dict(num_latents=opts.gits_latents,
                                                                             fine_steps=TRAINED_GITS_LEVELS))
             direct = ScheduleMaker('direct', net, DEFAULT_NETWORK, solver, dict(
-                num_latents=direct_latents, num_holdout=direct_latents, iters=direct_iters, reference=TRAINED_REFERENCE,
-                warm_start=[closed_form, gits]))
+                num_latents=opts.direct_latents, num_holdout=opts.direct_latents, iters=opts.direct_iters,
+                reference=TRAINED_REFERENCE, warm_start=[closed_form, gits]))
             peers = [(ScheduleSource('gits', net, DEFAULT_NETWORK, solver, maker=gits), None),
-                     (ScheduleSource('direct', net, DEFAULT_NETWORK, solver, maker=direct), direct_steps)]
+                     (ScheduleSource('direct', net, DEFAULT_NETWORK, solver, maker=direct), list(opts.direct_steps))]
 
         def cells(title: str, steps: List[int], metric: str, seed_sets: List[SeedSet], **options) -> Dict:
-            rows = run_bench(DEFAULT_NETWORK, net, steps, sources, solver, metric, len(seed_sets[0].seeds), 0,
-                             torch.device('cpu'), seed_sets=seed_sets, **options)
+            rows = run_bench(DEFAULT_NETWORK, net, steps, sources, solver, metric, len(seed_sets[0].seeds), 0, cpu,
+                             seed_sets=seed_sets, **options)
             for source, only in peers:
                 rows += run_bench(DEFAULT_NETWORK, net, [k for k in steps if only is None or k in only], [source],
-                                  solver, metric, len(seed_sets[0].seeds), 0, torch.device('cpu'),
-                                  seed_sets=seed_sets, **options)
+                                  solver, metric, len(seed_sets[0].seeds), 0, cpu, seed_sets=seed_sets, **options)
             return finish_setting(title, solver, metric, rows, outdir,
                                   f'{len(seed_sets)} x {len(seed_sets[0].seeds)} '
                                   f'{"images" if metric == "fid" else "latents"} per value')
 
         results.append(cells('trained network', TRAINED_RMS[solver], 'rms', rms_sets))
-        if fid_num and solver in TRAINED_FID:
+        if opts.fid_num and solver in TRAINED_FID:
             results.append(cells('trained network LeNet', TRAINED_FID[solver], 'fid', fid_sets[:1],
                                  fid_options=lenet_fid))
-            if solver == 'euler' and fid_repeats > 1:
+            if solver == 'euler' and opts.fid_repeats > 1:
                 results.append(cells('trained network LeNet repeats', [5], 'fid', fid_sets, fid_options=lenet_fid))
-            if inception_ref and solver in ('euler', 'heun'):
-                results.append(cells('trained network Inception', [5], 'fid', fid_sets[:1],
-                                     fid_options=dict(ref=inception_ref, detector='offline', batch=32)))
+        if opts.inception_ref and solver in ('euler', 'heun'):
+            results.append(cells('trained network Inception', [5], 'fid', inception_sets,
+                                 fid_options=dict(ref=opts.inception_ref, detector='offline', batch=32)))
     return results
 
 
@@ -249,11 +267,11 @@ def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: O
 @click.option('--settings', help=f'Settings to run, of {", ".join(SETTINGS)}', metavar='LIST',
               default=','.join(SETTINGS), show_default=True, callback=name_list_callback)
 @click.option('--trained-num', help='Latents of the rms cells of the trained network', type=click.IntRange(min=2),
-              default=256, show_default=True)
-@click.option('--trained-fid-num', help='Images per LeNet/Inception FID value of the trained network (0: skip FID)',
-              type=click.IntRange(min=0), default=2000, show_default=True)
+              default=TrainedOptions.num, show_default=True)
+@click.option('--trained-fid-num', help='Images per LeNet-FID value of the trained network (0: skip LeNet-FID)',
+              type=click.IntRange(min=0), default=TrainedOptions.fid_num, show_default=True)
 @click.option('--trained-fid-repeats', help='Disjoint image sets of the LeNet-FID at Euler K = 5',
-              type=click.IntRange(min=1), default=3, show_default=True)
+              type=click.IntRange(min=1), default=TrainedOptions.fid_repeats, show_default=True)
 @click.option('--trained-closed-form', help='Closed-form schedule of the trained network (its clock serves every K)',
               metavar='FILE', default=None, show_default='the shipped one')
 @click.option('--trained-art-rl', help='art-rl schedule of the trained network, or a train_art.py run directory',
@@ -261,18 +279,21 @@ def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: O
 @click.option('--trained-direct-steps', help='K at which direct is made on the trained network', metavar='LIST',
               default='5', show_default=True, callback=int_list_callback(1, 'trained-direct-steps'))
 @click.option('--trained-direct-latents', help='Training latents of direct on the trained network',
-              type=click.IntRange(min=1), default=64, show_default=True)
+              type=click.IntRange(min=1), default=TrainedOptions.direct_latents, show_default=True)
 @click.option('--trained-direct-iters', help='Adam iterations of direct on the trained network (held-out stopping)',
-              type=click.IntRange(min=0), default=100, show_default=True)
+              type=click.IntRange(min=0), default=TrainedOptions.direct_iters, show_default=True)
 @click.option('--trained-gits-latents', help='Teacher trajectories of gits on the trained network',
-              type=click.IntRange(min=1), default=32, show_default=True)
+              type=click.IntRange(min=1), default=TrainedOptions.gits_latents, show_default=True)
 @click.option('--inception-ref', help='Inception statistics of the training images (fid.py ref --detector=offline) '
               'for the trained network  [default: no Inception FID]', metavar='NPZ', default=None)
+@click.option('--inception-num', help='Images per Inception-FID value of the trained network',
+              type=click.IntRange(min=2), default=TrainedOptions.inception_num, show_default=True)
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
          fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str, settings: List[str],
          trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_closed_form: Optional[str],
          trained_art_rl: Optional[str], trained_direct_steps: List[int], trained_direct_latents: int,
-         trained_direct_iters: int, trained_gits_latents: int, inception_ref: Optional[str]) -> None:
+         trained_direct_iters: int, trained_gits_latents: int, inception_ref: Optional[str],
+         inception_num: int) -> None:
     """Benchmark every schedule method and write the report."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
@@ -306,10 +327,13 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
                                        fid_num, 1, outdir, sources,
                                        fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
     if 'trained' in settings:
-        results += trained_results(outdir, trained_num, trained_fid_num, trained_fid_repeats,
-                                   one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
-                                   one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), trained_direct_steps,
-                                   trained_direct_latents, trained_direct_iters, trained_gits_latents, inception_ref)
+        results += trained_results(outdir, TrainedOptions(
+            num=trained_num, fid_num=trained_fid_num, fid_repeats=trained_fid_repeats, inception_ref=inception_ref,
+            inception_num=inception_num,
+            closed_form_file=one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
+            art_rl_file=one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), direct_steps=trained_direct_steps,
+            direct_latents=trained_direct_latents, direct_iters=trained_direct_iters,
+            gits_latents=trained_gits_latents))
     print(write_report(outdir, results, version, time.perf_counter() - start))
 
 

@@ -1,10 +1,12 @@
 """art.report: method costs from provenance, ART-RL's gap table, the Markdown report and its rows."""
 import json
 
+import numpy as np
 
 from art.networks import DEFAULT_NETWORK
 from art.report import gap_table, method_costs, write_report
 from conftest import cli_error
+from edm import fid
 
 
 def _row(schedule, steps, value, cost=None):
@@ -81,11 +83,18 @@ def test_trained_setting_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.setattr(art.report, 'TRAINED_REFERENCE', ('euler', 6))
     monkeypatch.setattr(art.report, 'TRAINED_GITS_LEVELS', 5)
     closed_form = str(shipped_schedule_path(DEFAULT_NETWORK, 18, methods=('closed-form',)))
-    results = art.report.trained_results(str(tmp_path), num=2, fid_num=3, fid_repeats=1, closed_form_file=closed_form,
-                                         art_rl_file=closed_form, direct_steps=[3], direct_latents=2, direct_iters=1,
-                                         gits_latents=1, inception_ref=None)
-    assert [(r['metric'], r['solver']) for r in results] == [('rms', 'euler'), ('fid', 'euler'), ('rms', 'rk4')]
-    euler, rk4 = results[0]['rows'], results[2]['rows']
+    inception_ref = tmp_path / 'inception-ref.npz'          # any statistics of the right shape: the cells run
+    fid.save_reference(str(inception_ref), np.zeros(fid.FEATURE_DIM), np.eye(fid.FEATURE_DIM))
+    results = art.report.trained_results(str(tmp_path), art.report.TrainedOptions(
+        num=2, fid_num=3, fid_repeats=1, closed_form_file=closed_form, art_rl_file=closed_form, direct_steps=[3],
+        direct_latents=2, direct_iters=1, gits_latents=1, inception_ref=str(inception_ref), inception_num=2))
+    assert [(r['title'], r['metric'], r['solver']) for r in results] == [
+        ('trained network', 'rms', 'euler'), ('trained network LeNet', 'fid', 'euler'),
+        ('trained network Inception', 'fid', 'euler'), ('trained network', 'rms', 'rk4')]
+    assert {(r['schedule'], r['steps']) for r in results[2]['rows']} == {
+        (m, 5) for m in ('edm', 'uniform', 'logsnr', 'closed-form', 'art-rl', 'gits')}
+    assert results[2]['note'].startswith('1 x 2 images')
+    euler, rk4 = results[0]['rows'], results[3]['rows']
     assert {(r['schedule'], r['steps']) for r in euler} == {(m, k) for m in ('edm', 'uniform', 'logsnr', 'closed-form',
                                                                             'art-rl', 'gits') for k in (2, 3)} | {('direct', 3)}
     assert {r['schedule'] for r in rk4} == {'edm', 'uniform', 'logsnr', 'closed-form', 'art-rl'}   # no gits/direct
