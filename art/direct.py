@@ -37,10 +37,11 @@ with the gradients accumulated, and the held-out stopping rule above.
 Training latents come from per-seed generators (edm.rng, drawn as art.bench draws them) with seeds
 TRAIN_SEED_BASE + seed + i, disjoint from the seeds 0..N-1 that art.bench evaluates on: benchmarks are held out.
 
-Cost (provenance['cost']): forward_evals counts per-sample network forward passes (latents x NFE per pass: one pass
-per scanned start, one per iteration, one final, and the held-out passes), backward_evals the per-sample
-vector-Jacobian products through the network (iterations x latents x NFE); the reference solve is counted apart (reference_forward_evals for networks; for
-analytic models it is an adaptive DOP853 solve whose CPU time is in reference_cpu_seconds and cpu_seconds).
+Cost (provenance['cost']): forward_evals counts per-sample network forward passes (latents x NFE per pass: one pass per
+scanned start, one per iteration, one final, and the held-out passes), backward_evals the per-sample vector-Jacobian
+products through the network (iterations x latents x NFE); the reference solve is counted apart
+(reference_forward_evals for networks; for analytic models it is an adaptive DOP853 solve whose CPU time is in
+reference_cpu_seconds and cpu_seconds).
 """
 
 import math
@@ -99,9 +100,9 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
                     num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0,
                     init: str = 'edm', init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS,
-                    init_grids: Optional[dict] = None,
-                    sigma_max: Optional[float] = None, batch_size: int = 256, num_holdout: int = 256,
-                    eval_every: int = 10, reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
+                    init_grids: Optional[dict] = None, sigma_max: Optional[float] = None, batch_size: int = 256,
+                    num_holdout: int = 256, eval_every: int = 10,
+                    reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
     """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
     check_choice('init', init, grids.DISCRETIZATIONS)

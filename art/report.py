@@ -18,8 +18,8 @@ solver x K cells of `TRAINED_RMS`, and LeNet-FID (`fid.py --detector=lenet`, aga
 training images) of `--trained-fid-num` images for the cells of `TRAINED_FID`, with `--trained-fid-repeats` disjoint
 sets at Euler K = 5; Inception FID of `--inception-num` images at Euler and Heun K = 5 when `--inception-ref`
 (statistics of the training images, `fid.py ref --detector=offline`) is given. The default sizes are chosen for a
-2-core CPU; the report states the wall time they took. The closed form and art-rl are one clock each, read off at every K: by
-default the schedules shipped for the network (their provenance holds what making them cost), else
+2-core CPU; the report states the wall time they took. The closed form and art-rl are one clock each, read off at every
+K: by default the schedules shipped for the network (their provenance holds what making them cost), else
 `--trained-closed-form` / `--trained-art-rl`; gits is made per solver for Euler and Heun, direct only at the K of
 `--trained-direct-steps` (it differentiates through the network, the costliest method by far on a CPU); neither is
 defined for RK4 or DPM-Solver++(2M), whose cells show '-'.
