@@ -277,7 +277,8 @@ def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: O
 @click.option('--trained-art-rl', help='art-rl schedule of the trained network, or a train_art.py run directory',
               metavar='FILE|DIR', default=None, show_default='the shipped one')
 @click.option('--trained-direct-steps', help='K at which direct is made on the trained network', metavar='LIST',
-              default='5', show_default=True, callback=int_list_callback(1, 'trained-direct-steps'))
+              default=','.join(map(str, TrainedOptions.direct_steps)), show_default=True,
+              callback=int_list_callback(1, 'trained-direct-steps'))
 @click.option('--trained-direct-latents', help='Training latents of direct on the trained network',
               type=click.IntRange(min=1), default=TrainedOptions.direct_latents, show_default=True)
 @click.option('--trained-direct-iters', help='Adam iterations of direct on the trained network (held-out stopping)',

@@ -123,11 +123,11 @@ class ProgressLearner(Learner):
         sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
         floored = sigma.clamp(min=cfg.sigma_floor)
         speed2 = self.clock.speed2(sigma)                                        # 0 at sigma_M = 0
-        q_levels = [torch.zeros(len(x), dtype=torch.float64, device=self.device)] * (M + 1)   # q(sigma_M = 0) = 0
+        q_levels = []
         for k in range(M):
             f, Q = error_density(self.net, x, float(floored[k]), labels, mode=cfg.q_mode)
-            q_levels[k] = q_norm(Q).to(sigma) * speed2[k]
-            if not torch.isfinite(q_levels[k]).all():                            # stop at the first bad level
+            q_levels.append(q_norm(Q).to(sigma) * speed2[k])
+            if not torch.isfinite(q_levels[-1]).all():                           # stop at the first bad level
                 raise ARTDivergence(f'non-finite error density at iteration {iteration}, '
                                     f'sigma = {float(floored[k]):.4g}')
             if k + 1 == M:
@@ -137,6 +137,7 @@ class ProgressLearner(Learner):
             if cfg.path == 'heun':
                 x_next = x + 0.5 * h * (f + field(self.net, x_next, float(floored[k + 1]), labels)).to(x)
             x = x_next
+        q_levels.append(torch.zeros_like(q_levels[-1]))                          # speed2 = 0: q = 0 at sigma_M = 0
         q = torch.stack(q_levels, dim=1)
         return (0.5 * (q[:, :-1] + q[:, 1:])).clamp(min=cfg.eps)
 
