@@ -1,6 +1,6 @@
 """The benchmark report: every schedule method side by side, as a Markdown table and a plot per setting.
 
-    python -m art.report --outdir=docs/bench [--settings=mixture,fmnist-mixture,trained] [--art-rl=RUN_DIR] ...
+    python -m art.report --outdir=docs/bench [--settings=trained,mixture,fmnist-mixture] [--art-rl=RUN_DIR] ...
 
 Settings (`--settings`): `mixture`, an image-shaped analytic Gaussian mixture (rms endpoint error against the exact ODE
 solution, Euler, K = 3, 5, 10, 20); `fmnist-mixture`, the Fashion-MNIST mixture (rms, Euler and Heun, K = 3, 5, 10,
@@ -11,7 +11,8 @@ Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the 
 mean (and spread) over `--repeats` disjoint sets of `--num` latents: the rms is dominated by rare latents, so one set
 of 256 moves it by up to 15%. Each method's cost (network evaluations, CPU seconds) comes from the provenance of its
 schedules, and a gap table gives ART-RL's ratio to direct (the limit on analytic models), to the closed form and to
-EDM. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
+EDM. Writes `<outdir>/report.md` (the settings in the order of SETTINGS, the trained network first, with the wall
+time of each), one PNG per setting and `rows.json`.
 
 The trained network (`trained`): rms against a `TRAINED_REFERENCE` solve of the same `--trained-num` latents for the
 solver x K cells of `TRAINED_RMS`, and LeNet-FID (`fid.py --detector=lenet`, against the shipped statistics of the 60k
@@ -49,7 +50,7 @@ from edm.cli import Command, check_output_dir, int_list_callback, name_list_call
 from edm.images import to_uint8
 
 BASELINES = ['edm', 'uniform', 'logsnr']
-SETTINGS = ('mixture', 'fmnist-mixture', 'trained')
+SETTINGS = ('trained', 'mixture', 'fmnist-mixture')   # in the order run and reported
 TRAINED_RMS = {'euler': [3, 5, 7, 10, 18], 'heun': [3, 5, 7, 10], 'rk4': [2, 3, 5], 'dpmpp-2m': [5, 10]}
 TRAINED_FID = {'euler': [3, 5, 7, 10], 'heun': [3, 5, 7], 'rk4': [2, 3]}
 TRAINED_REFERENCE = ('rk4', 64)             # the rms reference of a trained network: RK4 on EDM's grid, NFE 253
@@ -221,9 +222,45 @@ def trained_results(outdir: str, opts: TrainedOptions) -> List[Dict]:
     return results
 
 
-def write_report(outdir: str, results: List[Dict], version: str, wall_seconds: Optional[float] = None) -> str:
-    """report.md: one section per setting with its table, plot and method costs; `version` is the commit measured."""
-    wall = '' if wall_seconds is None else f' in {wall_seconds / 60:.0f} min wall time'
+def mixture_results(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int) -> List[Dict]:
+    """The image-shaped analytic mixture (written to outdir once): rms against the exact solution, Euler."""
+    mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
+    if not os.path.exists(mixture):
+        write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
+    spec = f'analytic:gmm:{mixture}'
+    net = load_analytic(spec)
+    sources = columns(spec, net, 'euler', art_rl_files(art_rl, [3, 5, 10, 20]), direct_latents)
+    return [setting('Gaussian mixture 1x8x8', spec, net, [3, 5, 10, 20], 'euler', 'rms', num, repeats, outdir,
+                    sources)]
+
+
+def fmnist_mixture_results(outdir: str, num: int, repeats: int, direct_latents: int, fid_num: int,
+                           fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int],
+                           fid_solvers: str) -> List[Dict]:
+    """The Fashion-MNIST mixture: rms for Euler and Heun, and offline-Inception FID when fid_num > 0."""
+    net = load_analytic(MIXTURE_NETWORK)
+    if fid_num and not fid_ref:
+        fid_ref = exact_reference(net, fid_ref_num, os.path.join(outdir, 'fid-ref-fmnist-mixture.npz'))
+    shipped = shipped_schedule_path(MIXTURE_NETWORK, 10)
+    extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
+    results = []
+    for solver in ('euler', 'heun'):
+        sources = columns(MIXTURE_NETWORK, net, solver, extra, direct_latents)
+        results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, net, [3, 5, 10, 18], solver, 'rms', num,
+                               repeats, outdir, sources))
+        if fid_num and fid_solvers in (solver, 'both'):
+            results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, net, fid_steps, solver, 'fid', fid_num,
+                                   1, outdir, sources, fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
+    return results
+
+
+def write_report(outdir: str, results: List[Dict], version: str, walls: Optional[Dict[str, float]] = None) -> str:
+    """report.md: one section per setting with its table, plot and method costs; `version` is the commit measured,
+    `walls` the wall seconds of each part of the run (settings, in the order run)."""
+    wall = ''
+    if walls:
+        parts = ', '.join(f'{name} {seconds / 60:.0f}' for name, seconds in walls.items())
+        wall = f' in {sum(walls.values()) / 60:.0f} min wall time ({parts} min)'
     lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {version} on '
              f'{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}'
              f'{wall}.', '']
@@ -301,41 +338,27 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
         raise UserError(f'--settings: unknown {", ".join(unknown)}; choose from {", ".join(SETTINGS)}')
     check_output_dir(outdir, '--outdir')
     version = code_version()                        # before this run writes its own outputs into the tree
-    start = time.perf_counter()
+    for ref in (fid_ref, inception_ref):            # a bad file fails now, not after an hour of sampling
+        if ref:
+            fid.load_reference(ref)
+    trained = TrainedOptions(
+        num=trained_num, fid_num=trained_fid_num, fid_repeats=trained_fid_repeats, inception_ref=inception_ref,
+        inception_num=inception_num,
+        closed_form_file=one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
+        art_rl_file=one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), direct_steps=trained_direct_steps,
+        direct_latents=trained_direct_latents, direct_iters=trained_direct_iters, gits_latents=trained_gits_latents)
     os.makedirs(outdir, exist_ok=True)
-    results = []
-    if 'mixture' in settings:
-        mixture = os.path.join(outdir, 'mixture-k10-1x8x8.npz')
-        if not os.path.exists(mixture):
-            write_random_gmm(mixture, k=10, shape=(1, 8, 8), seed=0)
-        spec = f'analytic:gmm:{mixture}'
-        mixture_net = load_analytic(spec)
-        results.append(setting('Gaussian mixture 1x8x8', spec, mixture_net, [3, 5, 10, 20], 'euler', 'rms', num,
-                               repeats, outdir, columns(spec, mixture_net, 'euler',
-                                                        art_rl_files(art_rl, [3, 5, 10, 20]), direct_latents)))
-    if 'fmnist-mixture' in settings:
-        fmnist = load_analytic(MIXTURE_NETWORK)
-        if fid_num and not fid_ref:
-            fid_ref = exact_reference(fmnist, fid_ref_num, os.path.join(outdir, 'fid-ref-fmnist-mixture.npz'))
-        shipped = shipped_schedule_path(MIXTURE_NETWORK, 10)
-        extra = [str(shipped)] if shipped is not None and shipped.name.startswith('art-rl') else []
-        for solver in ('euler', 'heun'):
-            sources = columns(MIXTURE_NETWORK, fmnist, solver, extra, direct_latents)
-            results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, fmnist, [3, 5, 10, 18], solver, 'rms',
-                                   num, repeats, outdir, sources))
-            if fid_num and fid_solvers in (solver, 'both'):
-                results.append(setting('Fashion-MNIST mixture', MIXTURE_NETWORK, fmnist, fid_steps, solver, 'fid',
-                                       fid_num, 1, outdir, sources,
-                                       fid_options=dict(ref=fid_ref, detector='offline', batch=64)))
-    if 'trained' in settings:
-        results += trained_results(outdir, TrainedOptions(
-            num=trained_num, fid_num=trained_fid_num, fid_repeats=trained_fid_repeats, inception_ref=inception_ref,
-            inception_num=inception_num,
-            closed_form_file=one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
-            art_rl_file=one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), direct_steps=trained_direct_steps,
-            direct_latents=trained_direct_latents, direct_iters=trained_direct_iters,
-            gits_latents=trained_gits_latents))
-    print(write_report(outdir, results, version, time.perf_counter() - start))
+    parts = {'trained': lambda: trained_results(outdir, trained),
+             'mixture': lambda: mixture_results(outdir, art_rl, num, repeats, direct_latents),
+             'fmnist-mixture': lambda: fmnist_mixture_results(outdir, num, repeats, direct_latents, fid_num, fid_ref,
+                                                              fid_ref_num, fid_steps, fid_solvers)}
+    results, walls = [], {}
+    for name in SETTINGS:
+        if name in settings:
+            start = time.perf_counter()
+            results += parts[name]()
+            walls[name] = time.perf_counter() - start
+    print(write_report(outdir, results, version, walls))
 
 
 if __name__ == '__main__':

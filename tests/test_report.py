@@ -45,7 +45,8 @@ def test_gap_table_gives_art_rl_ratios():
 def test_write_report(tmp_path):
     result = dict(title='mix', name='mix-rms-euler', solver='euler', metric='rms', rows=ROWS, table='| t |', note='n',
                   costs=method_costs(ROWS), gaps=gap_table(ROWS))
-    text = write_report(str(tmp_path), [result], 'abc1234')
+    text = write_report(str(tmp_path), [result], 'abc1234', dict(trained=3000.0, mixture=600.0))
+    assert 'in 60 min wall time (trained 50, mixture 10 min).' in text
     assert 'at commit abc1234 on' in text and '## mix: rms, euler' in text and '![mix-rms-euler](mix-rms-euler.png)' in text
     assert '| art-rl | 1400 | 9.0 |' in text and '| direct | 1.200 | 1.500 |' in text
     assert (tmp_path / 'report.md').read_text() == text
@@ -70,6 +71,14 @@ def test_exact_reference_statistics(tmp_path):
 def test_unknown_setting_is_one_line(tmp_path):
     line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', '--settings=mixture,bogus'])
     assert 'unknown bogus' in line
+    assert not (tmp_path / 'r').exists()
+
+
+def test_bad_reference_fails_before_any_work(tmp_path):
+    bad = tmp_path / 'ref.npz'
+    bad.write_bytes(b'not an npz')
+    line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', f'--inception-ref={bad}'])
+    assert 'cannot read reference statistics' in line
     assert not (tmp_path / 'r').exists()
 
 
