@@ -291,16 +291,16 @@ def write_report(outdir: str, results: List[Dict], version: str, walls: Optional
               show_default=True)
 @click.option('--direct-latents', help='Training latents of direct on the two mixtures (direct\'s default)',
               type=click.IntRange(min=1), default=NUM_LATENTS, show_default=True)
-@click.option('--fid-num', help='Images per FID measurement on the default network (0: skip FID)',
-              type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--fid-ref', help='FID reference statistics for the default network  [default: exact draws]',
+@click.option('--fid-num', help='Images per Inception-FID value on the Fashion-MNIST mixture (0: skip FID)',
+              type=click.IntRange(min=0), default=256, show_default=True)
+@click.option('--fid-ref', help='FID reference statistics for the Fashion-MNIST mixture  [default: exact draws]',
               metavar='NPZ', default=None)
-@click.option('--fid-ref-num', help='Exact draws for the default FID reference', type=click.IntRange(min=2),
+@click.option('--fid-ref-num', help='Exact draws from the mixture for its FID reference', type=click.IntRange(min=2),
               default=2000, show_default=True)
-@click.option('--fid-steps', help='Step counts of the FID settings', metavar='LIST', default='3,5,10,18',
+@click.option('--fid-steps', help='Step counts of the mixture\'s FID settings', metavar='LIST', default='5,10',
               show_default=True, callback=int_list_callback(1, 'fid-steps'))
-@click.option('--fid-solvers', help='Solvers of the FID settings', type=click.Choice(['euler', 'heun', 'both']),
-              default='both', show_default=True)
+@click.option('--fid-solvers', help='Solvers of the mixture\'s FID settings',
+              type=click.Choice(['euler', 'heun', 'both']), default='euler', show_default=True)
 @click.option('--settings', help=f'Settings to run, of {", ".join(SETTINGS)}', metavar='LIST',
               default=','.join(SETTINGS), show_default=True, callback=name_list_callback)
 @click.option('--trained-num', help='Latents of the rms cells of the trained network', type=click.IntRange(min=2),
