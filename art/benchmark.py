@@ -22,7 +22,7 @@ from art.schedules import Schedule, baseline_schedule, check_network_fit, load_s
 from edm import fid, grids
 from edm.images import to_uint8
 from edm.rng import seed_latents
-from edm.sampler import nfe, sample, sample_batches
+from edm.sampler import SOLVERS, nfe, sample, sample_batches
 
 
 class ScheduleSource:
@@ -133,14 +133,22 @@ def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources:
 
 
 def format_table(rows: List[Dict]) -> str:
-    """Rows as a Markdown table: one line per schedule, one column per K (mean +- std when repeated)."""
-    steps = sorted({row['steps'] for row in rows})
+    """Rows as a Markdown table: one line per schedule, one column per (solver, K), solvers in SOLVERS order (the
+    solver named once in the corner when there is one); mean +- std when repeated; each column's lowest mean in bold."""
+    cols = sorted({(row['solver'], row['steps']) for row in rows}, key=lambda c: (SOLVERS.index(c[0]), c[1]))
+    one_solver = len({solver for solver, _ in cols}) == 1
     names = list(dict.fromkeys(row['schedule'] for row in rows))
-    cell = {(row['schedule'], row['steps']): (f'{row["value"]:.4g}' + (f' ± {row["spread"]:.2g}' if len(row['values']) > 1 else ''))
-            for row in rows}                        # a (schedule, K) not measured shows as -
-    metric, solver = rows[0]['metric'], rows[0]['solver']
-    header = f'| {metric} ({solver}) | ' + ' | '.join(f'K={k} (NFE {nfe(k, solver)})' for k in steps) + ' |'
-    lines = [header, '|' + '---|' * (len(steps) + 1)]
+    best = {col: min(row['value'] for row in rows if (row['solver'], row['steps']) == col) for col in cols}
+    cell = {}
+    for row in rows:                                # a (schedule, solver, K) not measured shows as -
+        col = (row['solver'], row['steps'])
+        text = f'{row["value"]:.4g}' + (f' ± {row["spread"]:.2g}' if len(row['values']) > 1 else '')
+        cell[row['schedule'], col] = f'**{text}**' if row['value'] == best[col] else text
+    metric = rows[0]['metric']
+    corner = f'{metric} ({cols[0][0]})' if one_solver else metric
+    header = f'| {corner} | ' + ' | '.join(('' if one_solver else f'{solver} ') + f'K={k} (NFE {nfe(k, solver)})'
+                                           for solver, k in cols) + ' |'
+    lines = [header, '|' + '---|' * (len(cols) + 1)]
     for name in names:
-        lines.append(f'| {name} | ' + ' | '.join(cell.get((name, k), '-') for k in steps) + ' |')
+        lines.append(f'| {name} | ' + ' | '.join(cell.get((name, col), '-') for col in cols) + ' |')
     return '\n'.join(lines)

@@ -56,6 +56,7 @@ TRAINED_FID = {'euler': [3, 5, 7, 10], 'heun': [3, 5, 7], 'rk4': [2, 3]}
 TRAINED_REFERENCE = ('rk4', 64)             # the rms reference of a trained network: RK4 on EDM's grid, NFE 253
 TRAINED_GITS_LEVELS = 60                    # gits teacher levels (Heun's table costs levels^2/2 per latent)
 ONE_CLOCK = ('closed-form', 'art-rl', 'gits')   # methods whose schedules for every K come from one estimate
+SUMMARY = ('trained network LeNet', 'trained network Inception', 'trained network')   # all solvers in one table, first
 
 
 def method_costs(rows: List[Dict]) -> Dict[str, dict]:
@@ -255,8 +256,8 @@ def fmnist_mixture_results(outdir: str, num: int, repeats: int, direct_latents: 
 
 
 def write_report(outdir: str, results: List[Dict], version: str, walls: Optional[Dict[str, float]] = None) -> str:
-    """report.md: one section per setting with its table, plot and method costs; `version` is the commit measured,
-    `walls` the wall seconds of each part of the run (settings, in the order run)."""
+    """report.md: the SUMMARY settings with all their solvers in one table each, then one section per setting with its
+    table, plot and method costs; `version` is the commit measured, `walls` the wall seconds of each part run."""
     wall = ''
     if walls:
         parts = ', '.join(f'{name} {seconds / 60:.0f}' for name, seconds in walls.items())
@@ -264,6 +265,11 @@ def write_report(outdir: str, results: List[Dict], version: str, walls: Optional
     lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {version} on '
              f'{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}'
              f'{wall}.', '']
+    for title in SUMMARY:
+        parts = [result for result in results if result['title'] == title]
+        if parts:
+            lines += [f'## {title}: {parts[0]["metric"]}, all solvers', '', parts[0]['note'], '',
+                      format_table([row for part in parts for row in part['rows']]), '']
     for result in results:
         lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['note'], '',
                   result['table'], '',

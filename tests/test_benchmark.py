@@ -27,6 +27,20 @@ def test_gauss1d_w2_reproduces_paper_rows():
     assert 'K=100 (NFE 100)' in format_table(rows)
 
 
+def _row(schedule, solver, steps, value, values=None):
+    return dict(schedule=schedule, solver=solver, steps=steps, metric='fid', value=value, spread=0.5,
+                values=values or [value])
+
+
+def test_format_table_columns_per_solver_and_k_with_the_best_in_bold():
+    rows = [_row('edm', 'heun', 3, 9.0), _row('edm', 'euler', 5, 4.0), _row('art', 'euler', 5, 3.0, [2.5, 3.5]),
+            _row('art', 'heun', 3, 10.0), _row('gits', 'euler', 3, 1.0)]
+    lines = format_table(rows).splitlines()
+    assert lines[0] == '| fid | euler K=3 (NFE 3) | euler K=5 (NFE 5) | heun K=3 (NFE 5) |'
+    assert lines[2:] == ['| edm | - | 4 | **9** |', '| art | - | **3 ± 0.5** | 10 |', '| gits | **1** | - | - |']
+    assert format_table(rows[1:3]).splitlines()[0] == '| fid (euler) | K=5 (NFE 5) |'
+
+
 def test_rms_on_gmm_ranks_schedules_and_reads_files(tmp_path):
     gmm = write_random_gmm(tmp_path / 'mix.npz', k=8, shape=(1, 4, 4), seed=3)
     spec = f'analytic:gmm:{gmm}'

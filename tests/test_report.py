@@ -53,6 +53,13 @@ def test_write_report(tmp_path):
     rows = json.loads((tmp_path / 'rows.json').read_text())
     assert len(rows) == len(ROWS) and rows[0]['setting'] == 'mix-rms-euler'
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith('.')]
+    assert '## trained network' not in text                                     # no summary without its setting
+    heun = [dict(row, solver='heun', nfe=2 * row['steps'] - 1, value=row['value'] / 2) for row in ROWS]
+    summary = [dict(result, title='trained network', rows=rows) for rows in (ROWS, heun)]
+    text = write_report(str(tmp_path), summary, 'abc1234')
+    top = text.split('## trained network: rms, all solvers')[1].split('##')[0]
+    assert '| rms | euler K=5 (NFE 5) | euler K=10 (NFE 10) | heun K=5 (NFE 9) | heun K=10 (NFE 19) |' in top
+    assert '| direct | **2.5** | **1.2** | **1.25** | **0.6** |' in top
 
 
 def test_exact_reference_statistics(tmp_path):
