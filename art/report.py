@@ -260,16 +260,16 @@ def write_report(outdir: str, results: List[Dict], version: str, walls: Optional
     table, plot and method costs; `version` is the commit measured, `walls` the wall seconds of each part run."""
     wall = ''
     if walls:
-        parts = ', '.join(f'{name} {seconds / 60:.0f}' for name, seconds in walls.items())
-        wall = f' in {sum(walls.values()) / 60:.0f} min wall time ({parts} min)'
+        each = ', '.join(f'{name} {seconds / 60:.0f}' for name, seconds in walls.items())
+        wall = f' in {sum(walls.values()) / 60:.0f} min wall time ({each} min)'
     lines = ['# Schedule benchmark', '', f'Produced by `python -m art.report` at commit {version} on '
              f'{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}'
              f'{wall}.', '']
     for title in SUMMARY:
-        parts = [result for result in results if result['title'] == title]
-        if parts:
-            lines += [f'## {title}: {parts[0]["metric"]}, all solvers', '', parts[0]['note'], '',
-                      format_table([row for part in parts for row in part['rows']]), '']
+        same = [result for result in results if result['title'] == title]     # one result per solver
+        if same:
+            lines += [f'## {title}: {same[0]["metric"]}, all solvers', '', same[0]['note'], '',
+                      format_table([row for result in same for row in result['rows']]), '']
     for result in results:
         lines += [f'## {result["title"]}: {result["metric"]}, {result["solver"]}', '', result['note'], '',
                   result['table'], '',
