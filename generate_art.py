@@ -23,7 +23,7 @@ from art.schedules import Schedule, baseline_schedule, check_network_fit, load_s
 from dnnlib.util import UserError
 from edm import grids
 from edm.cli import Command, check_output_dir, check_output_file, check_sigma_range, generate_options, guidance_options
-from edm.generation import generate_images, load_on_ranks
+from edm.imagegen import generate_images, load_on_ranks
 from edm.guidance import check_guidance_options, guided_spec
 from edm.images import grid_from_files, image_path, save_png
 from edm.sampler import SOLVERS, sample, upstream_sampler

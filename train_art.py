@@ -26,7 +26,7 @@ from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
 from art.methods import METHODS, SOLVER_SPECIFIC
 from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
 from edm.cli import Command, check_output_dir, guidance_options, int_list_callback, parse_device
-from edm.generation import load_on_ranks
+from edm.imagegen import load_on_ranks
 from edm.guidance import check_guidance_options, guided_spec
 from edm.sampler import SOLVERS
 from torch_utils import distributed as dist

@@ -6,7 +6,7 @@
 Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), schedule methods made on the fly for each K
 (`closed-form`: the training-free ART optimum, estimated once and read off its clock; `direct`: LD3-style grid
 optimisation; `gits`: GITS-style dynamic programming; these use seeds of their own, disjoint from the benchmark's),
-or schedule files (resampled to other K, with a note). Metrics and measurement: art/benchmark.py. With
+or schedule files (resampled to other K, with a note). Metrics and measurement: art/compare.py. With
 `--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation. `--gnet` and
 `--guidance` measure on the autoguided field of a network pickle (edm.guidance), the field generate_art.py integrates.
 """
@@ -18,7 +18,7 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
-from art.benchmark import ScheduleSource, format_table, run_bench
+from art.compare import ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
 from edm.cli import Command, check_output_file, guidance_options, int_list_callback, name_list_callback, parse_device
 from edm.guidance import check_guidance_options, guided_spec

@@ -38,8 +38,8 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from art.analytic import GaussianMixtureModel, load_analytic, write_random_gmm
-from art.benchmark import ScheduleSource, format_table, run_bench
-from art.benchmark import SeedSet
+from art.compare import ScheduleSource, format_table, run_bench
+from art.compare import SeedSet
 from art.direct import NUM_LATENTS
 from art.methods import MAKER_METHODS, SOLVER_SPECIFIC, ScheduleMaker
 from art.networks import DEFAULT_NETWORK, MIXTURE_NETWORK, load_network_spec, shipped_schedule_path

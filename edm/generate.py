@@ -13,7 +13,7 @@ import click
 import torch
 
 from edm.cli import Command, check_output_dir, check_sigma_range, generate_options, guidance_options
-from edm.generation import generate_images, load_on_ranks
+from edm.imagegen import generate_images, load_on_ranks
 from edm.guidance import check_guidance_options, load_guided_pkl
 from edm.sampler import upstream_sampler
 from torch_utils import distributed as dist

@@ -10,7 +10,7 @@ import torch
 
 from art.analytic import load_analytic
 from conftest import ROOT, cli_error
-from edm.generation import generate_images, rank_batches
+from edm.imagegen import generate_images, rank_batches
 from edm.guidance import GuidedDenoiser, load_guided_pkl
 from edm.rng import seed_latents
 from edm.sampler import edm_sampler

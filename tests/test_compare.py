@@ -1,11 +1,11 @@
-"""art/benchmark.py: the paper's Table 1 baseline rows, the training-free optimum, rms against exact references,
+"""art/compare.py: the paper's Table 1 baseline rows, the training-free optimum, rms against exact references,
 schedule files checked against the network, FID with repeats."""
 
 import pytest
 import torch
 
 from art.analytic import load_analytic, write_random_gmm
-from art.benchmark import ScheduleSource, format_table, run_bench
+from art.compare import ScheduleSource, format_table, run_bench
 from art.schedules import Schedule, ScheduleError, save_schedule
 from edm.images import to_uint8
 
@@ -81,7 +81,7 @@ class _ProjectionDetector(torch.nn.Module):
 
 
 def test_fid_metric_with_repeats_orders_budgets(tmp_path):
-    from art.benchmark import SeedSet
+    from art.compare import SeedSet
     from edm import fid
     net = load_analytic('analytic:gauss:std=0.5,shape=1x4x4')
     detector = _ProjectionDetector(16)
