@@ -25,7 +25,7 @@ from dnnlib.util import UserError
 from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
 from art.methods import METHODS, SOLVER_SPECIFIC
 from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
-from edm.cli import Command, check_output_dir, guidance_options, int_list_callback, parse_device
+from edm.cli import SEED, Command, check_output_dir, guidance_options, parse_device, steps_callback
 from edm.imagegen import load_on_ranks
 from edm.guidance import check_guidance_options, guided_spec
 from edm.sampler import SOLVERS
@@ -37,7 +37,7 @@ from torch_utils import distributed as dist
 @click.option('--outdir', help='Where to make the run directory', metavar='DIR', type=str, default='runs',
               show_default=True)
 @click.option('--steps', help='Step budget(s) K, e.g. 10 or 5,10,18', metavar='LIST', type=str, default='10',
-              show_default=True, callback=int_list_callback(1, 'steps'))
+              show_default=True, callback=steps_callback())
 @click.option('--method', type=click.Choice(list(METHODS)), default='art-rl', show_default=True,
               help='; '.join(f'{name}: {text}' for name, text in METHODS.items()))
 @click.option('--preset', type=click.Choice(['auto'] + sorted(PRESETS)), default='auto', show_default=True,
@@ -55,7 +55,7 @@ from torch_utils import distributed as dist
 @click.option('--pool', help='Images preset: replay the error densities of this many trajectories, computed once, '
                             'instead of new rollouts every iteration  [default: preset]', metavar='INT',
               type=click.IntRange(min=1))
-@click.option('--seed', help='Random seed', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--seed', help='Random seed', metavar='INT', type=SEED, default=0, show_default=True)
 @click.option('--snap', help='Iterations between snapshots', metavar='INT', type=click.IntRange(min=1), default=100,
               show_default=True)
 @click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',

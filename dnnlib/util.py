@@ -114,8 +114,9 @@ def format_time(seconds: Union[int, float]) -> str:
 _RANGE_RE = re.compile(r'^\s*(\d+)\s*-\s*(\d+)\s*$')
 
 
-def parse_int_list(s: Union[str, List[int]]) -> List[int]:
-    """Parse '1,2,5-10' into [1, 2, 5, 6, 7, 8, 9, 10]; a list is returned unchanged."""
+def parse_int_list(s: Union[str, List[int]], max_len: Optional[int] = None) -> List[int]:
+    """Parse '1,2,5-10' into [1, 2, 5, 6, 7, 8, 9, 10]; a list is returned unchanged. A string that would give more
+    than max_len integers is a ValueError, raised before any range is expanded."""
     if isinstance(s, list):
         return s
     if not isinstance(s, str):
@@ -127,6 +128,8 @@ def parse_int_list(s: Union[str, List[int]]) -> List[int]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
                 raise ValueError(f'invalid integer list {s!r}: range "{part.strip()}" must be ascending')
+            if max_len is not None and len(result) + hi - lo + 1 > max_len:
+                raise ValueError(f'{s!r} holds more than {max_len:,} integers; split the work into several runs')
             result.extend(range(lo, hi + 1))
             continue
         try:
@@ -345,6 +348,9 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> str:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        exc.filename = exc.filename or path      # a failed write (disk full) names no file: name the one we write
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -2,7 +2,9 @@
 
 Command lines parse their options with these and call library functions; library modules never import this one.
 """
+import errno
 import os
+import sys
 import tempfile
 from typing import Any, Callable, List, Optional
 
@@ -12,6 +14,7 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from edm import grids
+from edm.rng import MAX_SEED
 
 
 class _OneLineErrors:
@@ -29,6 +32,21 @@ class _OneLineErrors:
             _fail(exc.format_message(), exc.exit_code)
         except UserError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _drop_unwritable_stdout()
+            where = f' writing {exc.filename}' if exc.filename else ''
+            _fail(f'{exc.strerror}{where}; free some space or write elsewhere')
+
+
+def _drop_unwritable_stdout() -> None:
+    """Flush stdout; when that fails too (a full disk behind it), point it at os.devnull, so that the interpreter's
+    own flush at exit does not print a second error."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(message: str, exit_code: int = 1) -> None:
@@ -45,25 +63,39 @@ class Group(_OneLineErrors, click.Group):
     """click.Group with one-line errors."""
 
 
-def int_list_callback(minimum: int, what: str) -> Callable[[click.Context, click.Parameter, Optional[str]],
-                                                           Optional[List[int]]]:
-    """click callback factory: a non-empty parse_int_list (e.g. 1,2,5-10) of integers >= minimum (None stays None)."""
+MAX_LIST_LEN = 10_000_000    # the most integers a list option expands to (--seeds=0-9999999): its memory stays bounded
+
+
+def int_list_callback(minimum: int, what: str, maximum: Optional[int] = None
+                      ) -> Callable[[click.Context, click.Parameter, Optional[str]], Optional[List[int]]]:
+    """click callback factory: a non-empty parse_int_list (e.g. 1,2,5-10) of at most MAX_LIST_LEN integers in
+    [minimum, maximum] (None stays None)."""
     def callback(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[List[int]]:
         if value is None:
             return None
         try:
-            values = dnnlib.util.parse_int_list(value)
+            values = dnnlib.util.parse_int_list(value, max_len=MAX_LIST_LEN)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
         if not values:
             raise click.BadParameter(f'no {what} given')
         if min(values) < minimum:
             raise click.BadParameter(f'{what} must be integers >= {minimum}')
+        if maximum is not None and max(values) > maximum:
+            raise click.BadParameter(f'{what} must be integers <= {maximum:,}, got {max(values):,}')
         return values
     return callback
 
 
-parse_seeds = int_list_callback(0, 'seeds')
+def steps_callback(what: str = 'steps') -> Callable[[click.Context, click.Parameter, Optional[str]],
+                                                     Optional[List[int]]]:
+    """click callback factory for a list of step counts K: integers in [1, edm.grids.MAX_STEPS]."""
+    return int_list_callback(1, what, grids.MAX_STEPS)
+
+
+parse_seeds = int_list_callback(0, 'seeds', MAX_SEED)
+STEPS = click.IntRange(1, grids.MAX_STEPS)   # click type of a single step count K
+SEED = click.IntRange(0, MAX_SEED)           # click type of a single seed
 
 
 def name_list_callback(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[List[str]]:
@@ -115,7 +147,7 @@ def generate_options(sigma_schedule_flag: str = '--schedule', default_outdir: Op
         click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',
                      type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT',
-                     type=click.IntRange(min=1), default=18, show_default=True),
+                     type=STEPS, default=18, show_default=True),
         click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT',
                      type=click.FloatRange(min=0, min_open=True)),
         click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT',
@@ -202,6 +234,8 @@ def check_output_file(path: str, option: str) -> str:
         raise UserError(f'{option} must not be empty; give a file path')
     if os.path.isdir(path):
         raise UserError(f'{option}: {path} is a folder; give a file path')
+    if os.path.exists(path) and not os.path.isfile(path):     # a device such as /dev/full: the atomic rename
+        raise UserError(f'{option}: {path} is not a regular file; give a file path')   # would replace it
     _writable_folder(os.path.dirname(os.path.abspath(path)), option)
     return path
 

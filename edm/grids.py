@@ -30,10 +30,13 @@ def _f64(x: Any) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
+MAX_STEPS = 10_000      # the most steps K anything takes: beyond it a grid is only memory and time (EDM uses 18-256)
+
+
 def check_num_steps(num_steps: Any) -> None:
-    """Raise a ValueError unless num_steps (K) is an integer >= 1."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
+    """Raise a ValueError unless num_steps (K) is an integer in [1, MAX_STEPS]."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= MAX_STEPS:
+        raise ValueError(f'num_steps must be an integer in [1, {MAX_STEPS}], got {num_steps!r}')
 
 
 def check_choice(kind: str, name: str, choices: tuple) -> None:

@@ -3,6 +3,8 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import torch
 
+MAX_SEED = 2 ** 63 - 1   # seeds travel as int64 tensors (split across ranks); each generator takes seed mod 2^32
+
 
 class StackedRandomGenerator:
     """One torch.Generator per seed (seeded with seed mod 2^32); draws are made per seed and stacked along dim 0."""
