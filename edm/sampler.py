@@ -9,16 +9,19 @@ operation, so results are bit-identical given the same grid and network outputs 
 networks' precision, float32, where upstream takes it in the working dtype: float64 runs differ by its round-off).
 Networks without EDM's interface (EDM2's Precond) and guided networks are seen through edm.guidance.GuidedDenoiser.
 
-Solvers (one step from t to t_next = t + h; the step that reaches sigma = 0 is first order for all of them):
+Solvers: one step function each, in SOLVER_STEPS by name, all with one signature (euler_step); `sample` and the
+schedule methods (art.direct, art.gits, art.closed_form, art.rl_progress) take their steps from there. One step from t
+to t_next = t + h; the step that reaches sigma = 0 is first order for all of them:
 - euler: x + h d(x, t).
 - heun: EDM's second-order step (Algorithm 2), with its alpha generalisation.
 - rk4: the classic four-stage Runge-Kutta step on dx/dt = d(x, t), as in the ART paper's RK4 experiments; NFE 4K - 3.
 - dpmpp-2m: DPM-Solver++(2M) (Lu et al. 2022) in EDM's parameterisation, lambda = -log sigma: the data prediction D
-  is extrapolated linearly in lambda from the last two steps; first order on the first step. NFE K. It is the
-  exponential integrator of the linear-schedule, unscaled ODE, so it takes neither another schedule nor a scaling.
+  (D = x - t d) is extrapolated linearly in lambda from the last two steps; first order on the first step. NFE K. It is
+  the exponential integrator of the linear-schedule, unscaled ODE, so it takes neither another schedule nor a scaling.
 """
+import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +36,8 @@ Tensor = torch.Tensor
 RandnLike = Callable[[Tensor], Tensor]
 Denoise = Callable[[Tensor, Tensor], Tensor]   # (x, sigma) -> D(x; sigma) in the working dtype
 GridLike = Union[Tensor, np.ndarray, Sequence[float]]
+Derivative = Callable[[Tensor, Tensor], Tensor]   # (x, t) -> dx/dt
+Step = Callable[..., Tensor]                       # (d, x, t, t_next, d_cur, state) -> x(t_next): SOLVER_STEPS
 
 
 def nfe(num_steps: int, solver: str = 'heun') -> int:
@@ -69,36 +74,89 @@ def _derivative(denoise: Denoise, x: Tensor, t: Tensor, schedule: NoiseSchedule,
     return schedule.sigma_deriv(t) * (x - s * denoised) / sigma + scaling.s_deriv(t) / s * x
 
 
-def _rk4_step(d: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, h: Tensor) -> Tensor:
-    """x(t + h) by the classic Runge-Kutta step: k1..k4 at t, t + h/2 (twice), t + h, weights 1/6, 1/3, 1/3, 1/6."""
-    k1 = d(x, t)
-    k2 = d(x + h / 2 * k1, t + h / 2)
+def _reaches_zero(t_next: Any) -> bool:
+    """Whether a step ends at sigma = 0 (t = 0 on every schedule), where every solver takes an Euler step."""
+    return bool((torch.as_tensor(t_next) == 0).all())
+
+
+@dataclasses.dataclass
+class SolveState:
+    """What a step needs besides its point, one per solve: Heun's alpha, and the memory a multistep solver keeps
+    between steps (DPM-Solver++(2M): t and D of the previous step)."""
+    alpha: float = 1
+    t_prev: Optional[Tensor] = None
+    denoised_prev: Optional[Tensor] = None
+
+
+def euler_step(d: Derivative, x: Tensor, t: Tensor, t_next: Tensor, d_cur: Tensor,
+               state: Optional[SolveState] = None) -> Tensor:
+    """x(t_next) by one Euler step x + h d_cur, h = t_next - t.
+
+    Every solver's step has this signature: d(x, t) is dx/dt; d_cur = d(x, t), the first stage, is evaluated by the
+    caller (who may want it, or have it from elsewhere); t_next may be levels broadcast against x (several steps from
+    one x at once), all positive or all 0."""
+    return x + (t_next - t) * d_cur
+
+
+def heun_step(d: Derivative, x: Tensor, t: Tensor, t_next: Tensor, d_cur: Tensor,
+              state: Optional[SolveState] = None) -> Tensor:
+    """EDM's second-order step (Algorithm 2) with its alpha generalisation: the slope at x + alpha h d_cur, t + alpha h
+    and d_cur averaged with weights 1/(2 alpha), 1 - 1/(2 alpha); an Euler step to sigma = 0."""
+    h = t_next - t
+    if _reaches_zero(t_next):
+        return x + h * d_cur
+    alpha = 1 if state is None else state.alpha
+    t_prime = (1 - alpha) * t + alpha * t_next                           # == t_next exactly when alpha == 1
+    d_prime = d(x + alpha * h * d_cur, t_prime)
+    return x + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+
+
+def rk4_step(d: Derivative, x: Tensor, t: Tensor, t_next: Tensor, d_cur: Tensor,
+             state: Optional[SolveState] = None) -> Tensor:
+    """The classic Runge-Kutta step: k1 = d_cur, k2, k3 at t + h/2, k4 at t_next, weights 1/6, 1/3, 1/3, 1/6; an Euler
+    step to sigma = 0."""
+    h = t_next - t
+    if _reaches_zero(t_next):
+        return x + h * d_cur
+    k2 = d(x + h / 2 * d_cur, t + h / 2)
     k3 = d(x + h / 2 * k2, t + h / 2)
-    k4 = d(x + h * k3, t + h)
-    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    k4 = d(x + h * k3, t_next)
+    return x + h / 6 * (d_cur + 2 * k2 + 2 * k3 + k4)
 
 
-def _dpmpp_2m_step(x: Tensor, denoised: Tensor, prev_denoised: Optional[Tensor], sigma_prev: Optional[Tensor],
-                   sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    """One DPM-Solver++(2M) step from sigma to sigma_next in lambda = -log sigma, h = lambda_next - lambda:
-    x_next = (sigma_next / sigma) x + (1 - sigma_next / sigma) D', with D' = D on the first step and on the step to 0,
-    else D' = (1 + 1/(2r)) D - 1/(2r) D_prev, r = h_prev / h (the second-order multistep correction)."""
-    ratio = sigma_next / sigma                                        # exp(-h); 0 on the step to sigma = 0
-    if prev_denoised is not None and sigma_next > 0:
-        r = torch.log(sigma_prev / sigma) / torch.log(sigma / sigma_next)
-        denoised = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * prev_denoised
-    return ratio * x + (1 - ratio) * denoised
+def dpmpp_2m_step(d: Derivative, x: Tensor, t: Tensor, t_next: Tensor, d_cur: Tensor,
+                  state: Optional[SolveState] = None) -> Tensor:
+    """One DPM-Solver++(2M) step of the linear-schedule, unscaled ODE (t = sigma) in lambda = -log sigma: with
+    D = x - t d_cur, x_next = (t_next / t) x + (1 - t_next / t) D', D' = D on the first step and on the step to 0,
+    else D' = (1 + 1/(2r)) D - 1/(2r) D_prev, r = h_prev / h (the second-order multistep correction). `state`
+    (required) carries D_prev and t_prev from step to step."""
+    if state is None:
+        raise ValueError('dpmpp-2m is a multistep solver: pass one SolveState through all the steps of a solve')
+    denoised = x - t * d_cur
+    corrected = denoised
+    if state.denoised_prev is not None and not _reaches_zero(t_next):
+        r = torch.log(state.t_prev / t) / torch.log(t / t_next)
+        corrected = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * state.denoised_prev
+    state.t_prev, state.denoised_prev = t, denoised
+    ratio = t_next / t                                                   # exp(-h); 0 on the step to sigma = 0
+    return ratio * x + (1 - ratio) * corrected
+
+
+# One step of each solver by name; every one has euler_step's signature.
+SOLVER_STEPS: Dict[str, Step] = {'euler': euler_step, 'heun': heun_step, 'rk4': rk4_step, 'dpmpp-2m': dpmpp_2m_step}
 
 
 def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[Tensor] = None,
            randn_like: RandnLike = torch.randn_like, solver: str = 'heun', schedule: str = 'linear',
            scaling: str = 'none', alpha: float = 1, S_churn: float = 0, S_min: float = 0, S_max: float = float('inf'),
            S_noise: float = 1, vp_beta_d: float = VP_BETA_D, vp_beta_min: float = VP_BETA_MIN,
-           dtype: torch.dtype = torch.float64) -> Tensor:
+           dtype: torch.dtype = torch.float64, noise_every_step: bool = True) -> Tensor:
     """Integrate from latents * sigma_0 down the K + 1 grid `sigmas` (already rounded); returns x_K in `dtype`.
 
     x, the network's outputs, its 0-dim sigma and the grid levels (rounded to it) are in `dtype`; step sizes are
     computed in float64 from those levels and rounded to `dtype` where they meet x, as a `dtype` subtraction would be.
+    Churn noise is drawn from `randn_like` on every step, scaled to 0 where gamma = 0, as EDM's samplers do
+    (noise_every_step), or only on the steps with gamma > 0, as EDM2's sampler does.
     """
     check_choice('solver', solver, SOLVERS)
     if not dtype.is_floating_point:
@@ -123,8 +181,8 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
         return _derivative(denoise, x, t, sched, scal)
 
     x_next = latents.to(dtype) * (sched.sigma(t_steps[0]) * scal.s(t_steps[0]))
-    prev_denoised = None                                               # dpmpp-2m: D of the previous step
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+    step, state = SOLVER_STEPS[solver], SolveState(alpha)
+    for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
         x_cur = x_next
 
         # Churn (Algorithm 2, lines 4-6): raise the noise level to sigma_hat = sigma + gamma sigma.
@@ -133,29 +191,12 @@ def sample(net: Any, latents: Tensor, sigmas: GridLike, class_labels: Optional[T
         t_hat = sched.sigma_inv(_round_sigma(net, sigma_cur + gamma * sigma_cur))
         sigma_hat, s_hat = sched.sigma(t_hat), scal.s(t_hat)
         # With a non-linear schedule sigma(sigma^{-1}(s)) != s in round-off, so even gamma = 0 adds noise of order
-        # sqrt(eps) sigma; upstream does the same, and the noise is drawn on every step regardless (§2.2).
-        noise = (sigma_hat ** 2 - sigma_cur ** 2).clamp(min=0).sqrt() * s_hat * S_noise * randn_like(x_cur)
-        x_hat = s_hat / scal.s(t_cur) * x_cur + noise
+        # sqrt(eps) sigma; upstream EDM does the same, and draws the noise on every step regardless (§2.2).
+        x_hat = s_hat / scal.s(t_cur) * x_cur
+        if noise_every_step or gamma > 0:
+            x_hat = x_hat + (sigma_hat ** 2 - sigma_cur ** 2).clamp(min=0).sqrt() * s_hat * S_noise * randn_like(x_cur)
 
-        h = t_next - t_hat
-        if solver == 'dpmpp-2m':                                       # linear schedule: t = sigma
-            denoised = denoise(x_hat, sigma_hat)
-            x_next = _dpmpp_2m_step(x_hat, denoised, prev_denoised, sigmas[i - 1] if i else None, sigma_hat,
-                                    sigmas[i + 1])
-            prev_denoised = denoised
-            continue
-        if solver == 'rk4' and i < num_steps - 1:
-            x_next = _rk4_step(d, x_hat, t_hat, h)
-            continue
-        # Euler step, then the Heun correction at t' = t_hat + alpha h except on the last step (§3.4).
-        d_cur = d(x_hat, t_hat)
-        if solver != 'heun' or i == num_steps - 1:
-            x_next = x_hat + h * d_cur
-        else:
-            t_prime = (1 - alpha) * t_hat + alpha * t_next  # == t_next exactly when alpha == 1
-            x_prime = x_hat + alpha * h * d_cur
-            d_prime = d(x_prime, t_prime)
-            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+        x_next = step(d, x_hat, t_hat, t_next, d(x_hat, t_hat), state)
     return x_next
 
 
@@ -189,13 +230,12 @@ def edm2_sampler(net: Any, noise: Tensor, labels: Optional[Tensor] = None, gnet:
                  dtype: torch.dtype = torch.float32, randn_like: RandnLike = torch.randn_like) -> Tensor:
     """Upstream EDM2's sampler (its signature and defaults): Heun on the rho grid in `dtype`, autoguided by gnet
     with weight `guidance` (edm.guidance). The grid is EDM's float64 grid rounded to `dtype` (upstream evaluates the
-    formula in `dtype`: a few ulp apart). Churn noise is drawn on every step, as in EDM's sampler; upstream EDM2 draws
-    it only on the steps it churns, so with S_churn > 0 and a window [S_min, S_max] that skips steps, the per-seed
-    noise differs."""
+    formula in `dtype`: a few ulp apart). As upstream EDM2, it draws churn noise from `randn_like` only on the steps it
+    churns (gamma > 0): none at all when S_churn = 0, so the caller's random stream is left as upstream leaves it."""
     net = as_denoiser(net, gnet, guidance)
     sigmas = make_sigmas('edm', num_steps, sigma_min, sigma_max, rho=rho, net=net)
     return sample(net, noise, sigmas, labels, randn_like, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
-                  dtype=dtype)
+                  dtype=dtype, noise_every_step=False)
 
 
 def ablation_sampler(net: Any, latents: Tensor, class_labels: Optional[Tensor] = None,

@@ -225,6 +225,23 @@ def test_randn_like_is_called_once_per_step_even_without_churn(latents):
     assert torch.equal(out, sample(GaussianNet(), latents, grids.edm_sigmas(5), randn_like=torch.zeros_like))
 
 
+def test_edm2_sampler_draws_noise_only_on_the_steps_it_churns(latents):
+    calls = []
+
+    def randn_like(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.dtype)
+        return torch.randn_like(x)
+
+    plain = edm2_sampler(GaussianNet(torch.float32), latents, num_steps=6, randn_like=randn_like)
+    assert calls == [] and torch.equal(plain, edm2_sampler(GaussianNet(torch.float32), latents, num_steps=6))
+    net = GaussianNet(torch.float32)
+    edm2_sampler(net, latents, num_steps=6, S_churn=1.2, S_min=0.5, S_max=30, randn_like=randn_like)
+    churned = [s for s in grids.make_sigmas('edm', 6)[:-1] if 0.5 <= s <= 30]
+    assert 0 < len(churned) < 6 and calls == [torch.float32] * len(churned)
+    assert [float(s) for s in net.sigmas[::2]] == pytest.approx([s * (1 + 1.2 / 6) if 0.5 <= s <= 30 else s
+                                                                 for s in grids.make_sigmas('edm', 6)[:-1]])
+
+
 def test_churn_raises_the_noise_level_inside_the_window(latents):
     net = GaussianNet()
     grid = grids.edm_sigmas(6)
