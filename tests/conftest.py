@@ -1,8 +1,13 @@
 """Shared pytest setup: the repository root on sys.path and the location of the upstream fixtures."""
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Tuple
+from unittest import mock
 
 import pytest
 
@@ -58,16 +63,59 @@ def tiny_pkl(tmp_path) -> str:
     return write_network_pkl(tmp_path / 'tiny.pkl', tiny_edm_net())
 
 
-def cli_error(args, cwd=ROOT) -> str:
+def cli_error(args, cwd=ROOT, in_process: bool = True) -> str:
     """Run `python *args` (a command line given bad input, no GPU) and return its only stderr line, checked to be
-    `error: ...` with a non-zero exit and no traceback."""
+    `error: ...` with a non-zero exit and no traceback. in_process: run the command's click `main` here (an exception
+    escaping it fails the test as a traceback would), which saves a torch import per case; False: spawn the real
+    entry point (keep one such case per command line)."""
+    code, stdout, stderr = (run_cli_in_process if in_process else _run_cli_subprocess)(args, cwd)
+    assert code != 0, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), stderr
+    return lines[0]
+
+
+def _run_cli_subprocess(args, cwd) -> Tuple[int, str, str]:
+    """Run `python *args` in a new process without CUDA; returns (exit code, stdout, stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    return lines[0]
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_cli_in_process(args, cwd=ROOT) -> Tuple[int, str, str]:
+    """Run the click command of `python *args` (`-m module ...` or a script of the repository root) in this process
+    with CUDA hidden; returns (exit code, stdout, stderr). The process-wide setup a command line does for itself
+    (process group, start method, environment, working directory) is skipped or undone."""
+    import torch
+    from torch_utils import distributed
+    argv: List[str] = [str(arg) for arg in args]
+    if argv[0] == '-m':
+        module, argv = argv[1], argv[2:]
+    else:
+        script = Path(cwd, argv[0]).resolve()
+        assert script.parent == ROOT and script.suffix == '.py', f'not a script of the repository root: {script}'
+        module, argv = script.stem, argv[1:]
+    command = importlib.import_module(module).main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    environ, old_cwd = dict(os.environ), os.getcwd()
+    start_method = torch.multiprocessing.get_start_method(allow_none=True)
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                mock.patch.object(torch.cuda, 'is_available', return_value=False), \
+                mock.patch.object(distributed, 'init', lambda *args, **kwargs: None):
+            command.main(argv, prog_name=module)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.chdir(old_cwd)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+        torch.multiprocessing.set_start_method(start_method, force=True)
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 def imported_names(path) -> set:

@@ -76,7 +76,8 @@ def test_exact_reference_statistics(tmp_path):
 
 
 def test_unknown_setting_is_one_line(tmp_path):
-    line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', '--settings=mixture,bogus'])
+    line = cli_error(['-m', 'art.report', f'--outdir={tmp_path / "r"}', '--settings=mixture,bogus'],
+                     in_process=False)   # the real entry point
     assert 'unknown bogus' in line
     assert not (tmp_path / 'r').exists()
 

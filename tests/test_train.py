@@ -158,9 +158,7 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     (['--resume=/no/such/run', '--gnet=/no/g.pkl', '--guidance=2'], 'give --network as well'),
 ])
 def test_bad_input(tmp_path, args, pattern):
-    out = _train(args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and pattern in lines[0], out.stderr
+    assert pattern in cli_error(['train_art.py'] + args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
     assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').rglob('schedule-*.json'))
 
 

@@ -218,7 +218,7 @@ def test_cli_option_errors(run, tmp_path):
 def test_cli_outdir_under_a_file_is_one_line_before_reading_data(tmp_path):
     (tmp_path / 'file').write_text('x')
     line = cli_error(['-m', 'edm.train', f'--outdir={tmp_path / "file" / "runs"}', f'--data={tmp_path / "none"}',
-                      '--device=cpu'])
+                      '--device=cpu'], in_process=False)   # the real entry point
     assert f'{tmp_path / "file"} is a file, not a folder' in line     # not the missing dataset: checked first
     assert sorted(tmp_path.iterdir()) == [tmp_path / 'file']
 
