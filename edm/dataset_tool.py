@@ -4,7 +4,6 @@
 The destination is an uncompressed zip (or a folder) of uncompressed PNGs `{k:08d}[:5]/img{k:08d}.png` plus
 `dataset.json` = {"labels": [[name, label], ...]} (null when any image lacks a label).
 """
-import gzip
 import io
 import json
 import os
@@ -22,8 +21,8 @@ import PIL.Image
 
 from dnnlib.util import UserError
 from edm.cli import Command, check_output_dir, check_output_file
+from training.dataset import IMAGE_EXTENSIONS, read_idx
 
-IMAGE_EXTENSIONS = {'.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp'}
 Item = Tuple[np.ndarray, Any]  # (HWC or HW uint8 image, label or None)
 
 
@@ -119,23 +118,6 @@ def open_cifar10(tarball: str, max_images: Optional[int]) -> Tuple[int, Iterator
     assert labels.shape == (50000,) and labels.dtype in [np.int32, np.int64]
     n = len(images) if max_images is None else min(max_images, len(images))
     return n, ((images[i], int(labels[i])) for i in range(n))
-
-
-def read_idx(path: str) -> np.ndarray:
-    """Read a gzipped IDX file (MNIST format): magic 0x00 0x00 dtype ndim, big-endian int32 dims, data."""
-    try:
-        with gzip.open(path, 'rb') as f:
-            data = f.read()
-    except OSError as exc:
-        raise UserError(f'cannot read {path!r}: {exc}') from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UserError(f'{path!r} is not an unsigned-byte IDX file')
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype='>i4', count=ndim, offset=4).astype(np.int64)
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise UserError(f'{path!r} is truncated (expected {int(np.prod(dims))} bytes of data)')
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def open_mnist(images_gz: str, max_images: Optional[int], pad: bool = True) -> Tuple[int, Iterator[Item]]:

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dnnlib  # noqa: E402  pylint: disable=wrong-import-position
 from dnnlib.util import UserError  # noqa: E402  pylint: disable=wrong-import-position
 from edm import fid, lenet  # noqa: E402  pylint: disable=wrong-import-position
-from edm.dataset_tool import read_idx  # noqa: E402  pylint: disable=wrong-import-position
+from training.dataset import read_idx  # noqa: E402  pylint: disable=wrong-import-position
 
 FMNIST = '/usr/share/datasets/fashion-mnist'
 
@@ -106,4 +106,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f'error: {exc}')

@@ -1,4 +1,5 @@
-"""ImageFolderDataset (docs/edm-compat.md §7.4): folder and zip, labels, max_size, xflip, cache, errors."""
+"""ImageFolderDataset (docs/edm-compat.md §7.4): folder and zip, labels, max_size, xflip, cache, errors; IDX files."""
+import gzip
 import json
 import os
 import pickle
@@ -9,7 +10,7 @@ import PIL.Image
 import pytest
 
 from dnnlib.util import UserError
-from training.dataset import ImageFolderDataset
+from training.dataset import ImageFolderDataset, read_idx
 
 
 def _write_folder(root, n=6, size=4, channels=3, labels=True, backslash=False):
@@ -99,3 +100,23 @@ def test_errors(tmp_path):
     (tmp_path / 'bad.zip').write_bytes(b'not a zip')
     with pytest.raises(UserError, match='zip'):
         ImageFolderDataset(str(tmp_path / 'bad.zip'))
+
+
+@pytest.mark.parametrize('content, message', [
+    (bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]), None),                 # one dimension of 3: [7, 8, 9]
+    (bytes([0, 0, 8, 3, 0, 0]), 'header promises 3 dimensions'),       # the dimensions cut short
+    (bytes([0, 0, 8, 1, 0, 0, 0, 3, 7]), 'expected 3 bytes'),          # the data cut short
+    (bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0]), 'unsigned-byte'),  # float32 IDX
+])
+def test_read_idx(tmp_path, content, message):
+    path = tmp_path / 'x-idx1-ubyte.gz'
+    with gzip.open(path, 'wb') as f:
+        f.write(content)
+    if message is None:
+        assert read_idx(str(path)).tolist() == [7, 8, 9]
+    else:
+        with pytest.raises(UserError, match=message):
+            read_idx(str(path))
+    path.write_bytes(b'not gzip')
+    with pytest.raises(UserError, match='cannot read'):
+        read_idx(str(path))

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import cli_error
 from dnnlib.util import UserError
-from edm.dataset_tool import convert_dataset, read_idx
-from training.dataset import ImageFolderDataset
+from edm.dataset_tool import convert_dataset
+from training.dataset import ImageFolderDataset, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -357,7 +357,7 @@ def test_default_detector_unreachable_suggests_offline(monkeypatch):
 
 
 def _fmnist_test_images(count: int) -> np.ndarray:
-    from edm.dataset_tool import read_idx
+    from training.dataset import read_idx
     path = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
     if not os.path.isfile(path):
         pytest.skip('Fashion-MNIST not found (apt-get install dataset-fashion-mnist)')

@@ -13,7 +13,7 @@ import torch
 
 from dnnlib.util import UserError
 from edm import fid, lenet
-from edm.dataset_tool import read_idx
+from training.dataset import read_idx
 
 FMNIST = '/usr/share/datasets/fashion-mnist'
 

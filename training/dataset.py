@@ -1,4 +1,6 @@
-"""Datasets for training: a folder or an uncompressed zip of PNGs plus dataset.json (docs/edm-compat.md §7.4)."""
+"""Datasets for training: a folder or an uncompressed zip of PNGs plus dataset.json (docs/edm-compat.md §7.4), and the
+reader of MNIST-format (IDX) files."""
+import gzip
 import json
 import os
 import zipfile
@@ -248,3 +250,22 @@ class ImageFolderDataset(Dataset):
         labels = np.array(labels)
         labels = labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
         return labels
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read a gzipped IDX file (MNIST format): magic 0x00 0x00 dtype ndim, big-endian int32 dims, data."""
+    try:
+        with gzip.open(path, 'rb') as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f'cannot read {path!r}: {exc}') from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f'{path!r} is not an unsigned-byte IDX file')
+    ndim = data[3]
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise UserError(f'{path!r} is truncated (its header promises {ndim} dimensions)')
+    dims = np.frombuffer(data, dtype='>i4', count=ndim, offset=4).astype(np.int64)
+    if len(data) - offset != int(np.prod(dims)):
+        raise UserError(f'{path!r} is truncated (expected {int(np.prod(dims))} bytes of data)')
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
