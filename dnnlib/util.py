@@ -75,9 +75,9 @@ class Logger:
             text = text.decode()
         if not text:
             return
+        self.stdout.write(text)                   # the console first: it still shows what a full disk refuses
         if self.file is not None:
             self.file.write(text)
-        self.stdout.write(text)
         if self.should_flush:
             self.flush()
 
@@ -88,15 +88,16 @@ class Logger:
         self.stdout.flush()
 
     def close(self) -> None:
-        """Restore stdout/stderr and close the file."""
-        self.flush()
+        """Restore stdout/stderr, then flush and close the file: an error writing it (a full disk) is raised with the
+        console already restored, and the file is closed all the same."""
         if sys.stdout is self:
             sys.stdout = self.stdout
         if sys.stderr is self:
             sys.stderr = self.stderr
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.stdout.flush()
+        file, self.file = self.file, None
+        if file is not None:
+            file.close()
 
 
 def format_time(seconds: Union[int, float]) -> str:
@@ -372,3 +373,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def next_run_dir(outdir: str, desc: str) -> str:
+    """`<outdir>/<id:05d>-<desc>`, the run-folder naming of EDM's train.py: id is one above the largest number that
+    begins the name of a folder in outdir (0 when none does); nothing is created."""
+    names = os.listdir(outdir) if os.path.isdir(outdir) else []
+    ids = [int(match.group()) for name in names
+           if (match := re.match(r'[0-9]+', name)) and os.path.isdir(os.path.join(outdir, name))]
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')

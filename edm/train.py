@@ -45,18 +45,6 @@ def loss_config(precond: str) -> dnnlib.EasyDict:
                                        'edm': 'training.loss.EDMLoss'}[precond])
 
 
-def next_run_dir(outdir: str, desc: str) -> str:
-    """{outdir}/{next_id:05d}-{desc}, next_id = 1 + the largest numeric prefix already in outdir."""
-    prev_run_ids = []
-    if os.path.isdir(outdir):
-        for x in os.listdir(outdir):
-            m = re.match(r'^\d+', x)
-            if m and os.path.isdir(os.path.join(outdir, x)):
-                prev_run_ids.append(int(m.group()))
-    cur_run_id = max(prev_run_ids, default=-1) + 1
-    return os.path.join(outdir, f'{cur_run_id:05d}-{desc}')
-
-
 @click.command(cls=Command)
 # Main options.
 @click.option('--outdir', help='Where to save the results', metavar='DIR', type=str, required=True)
@@ -218,7 +206,7 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
     elif opts.nosubdir:
         c.run_dir = opts.outdir
     else:
-        c.run_dir = next_run_dir(opts.outdir, desc)
+        c.run_dir = dnnlib.util.next_run_dir(opts.outdir, desc)
         if os.path.exists(c.run_dir):
             raise UserError(f'run directory {c.run_dir!r} already exists')
     return c
