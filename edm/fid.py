@@ -24,7 +24,6 @@ Detectors (`load_detector`):
 
 import importlib.util
 import json
-import math
 import os
 import pickle
 import zipfile
@@ -139,12 +138,6 @@ def _stack_images(arrays: List[np.ndarray], names: List[str]) -> torch.Tensor:
             raise UserError(f'all images must have the same size; {name} is {a.shape[2]}x{a.shape[1]}, '
                             f'{names[0]} is {arrays[0].shape[2]}x{arrays[0].shape[1]}')
     return torch.from_numpy(np.stack(arrays))
-
-
-def rank_index_batches(num_items: int, max_batch_size: int, rank: int, world_size: int) -> List[torch.Tensor]:
-    """This rank's batches of item indices: ceil(N/(B*W))*W nearly equal chunks of arange(N), rank r takes r::W."""
-    num_batches = max(math.ceil(num_items / (max_batch_size * world_size)), 1) * world_size
-    return list(torch.arange(num_items).tensor_split(num_batches)[rank::world_size])
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Detectors.
@@ -312,7 +305,7 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
 
     if num_workers is None:
         num_workers = 3 if device.type == 'cuda' else 0
-    batches = rank_index_batches(num_images, max_batch_size, rank, world_size)
+    batches = dist.rank_batches(range(num_images), max_batch_size, rank, world_size)
     stats = FeatureStats(device, feature_dim(detector))
     key = dict(images=os.path.abspath(image_path), num_images=num_images, seed=seed, batch=max_batch_size,
                detector=detector_name)

@@ -2,8 +2,7 @@
 `generate_art.py`. Seeds are split across ranks as upstream does and every image depends only on its seed. A network
 that carries an encoder (EDM2 files, edm.guidance) has its samples decoded by it, as upstream EDM2 does; the others
 are quantised as upstream EDM does."""
-import math
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import PIL.Image
 import torch
@@ -15,13 +14,6 @@ from edm.rng import seed_latents
 from torch_utils import distributed as dist
 
 Sampler = Callable[..., torch.Tensor]  # (net, latents, class_labels, randn_like) -> images
-
-
-def rank_batches(seeds: Sequence[int], max_batch_size: int, rank: int, world_size: int) -> List[torch.Tensor]:
-    """This rank's batches of seeds: ceil(n/(B*W))*W nearly equal chunks, rank r takes r, r+W, ... (upstream)."""
-    num_batches = max(math.ceil(len(seeds) / (max_batch_size * world_size)), 1) * world_size
-    chunks = torch.as_tensor(list(seeds), dtype=torch.int64).tensor_split(num_batches)
-    return list(chunks[rank::world_size])
 
 
 def load_on_ranks(loader: Callable[[str], torch.nn.Module], spec: str, device: torch.device) -> torch.nn.Module:
@@ -69,7 +61,7 @@ def generate_images(net: torch.nn.Module, outdir: str, seeds: Sequence[int], sam
     """Sample one image per seed with `sampler` and write `outdir/000123.png` files (this rank's share)."""
     check_class(net, class_idx)
     encoder = init_encoder(net, device)
-    batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
+    batches = dist.rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
     for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(not progress or dist.get_rank() != 0)):
         dist.barrier()
         if len(batch_seeds) == 0:

@@ -85,6 +85,18 @@ def test_helpers_without_process_group(capsys):
     assert capsys.readouterr().out == 'only-rank0\n'
 
 
+def test_rank_batches_split_as_upstream():
+    from torch_utils.distributed import rank_batches
+    # One process, batch 4: ceil(10/4) = 3 chunks of sizes 4, 3, 3.
+    assert [b.tolist() for b in rank_batches(range(10), 4, 0, 1)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    # Two processes, batch 4: ceil(10/8)*2 = 4 chunks (3, 3, 2, 2); rank 1 takes chunks 1 and 3.
+    assert [b.tolist() for b in rank_batches(list(range(10)), 4, 1, 2)] == [[3, 4, 5], [8, 9]]
+    # The items themselves, not their positions (seeds 5, 7, 100, ...); each once over all ranks, in order.
+    seeds = [5, 7, 100, 2, 9, 11, 12]
+    split = [b.tolist() for r in range(3) for b in rank_batches(seeds, 64, r, 3)]
+    assert split == [[5, 7, 100], [2, 9], [11, 12]]
+
+
 TORCHRUN_SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch

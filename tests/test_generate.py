@@ -10,7 +10,7 @@ import torch
 
 from art.analytic import load_analytic
 from conftest import ROOT, cli_error
-from edm.imagegen import generate_images, rank_batches
+from edm.imagegen import generate_images
 from edm.guidance import GuidedDenoiser, load_guided_pkl
 from edm.rng import seed_latents
 from edm.sampler import edm_sampler
@@ -27,15 +27,6 @@ def _run(args, tmp_path, torchrun=False):
     else:
         cmd = [sys.executable, '-m', 'edm.generate']
     return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_rank_batches_split_as_upstream():
-    seeds = list(range(10))
-    # One process, batch 4: ceil(10/4) = 3 chunks of sizes 4, 3, 3.
-    assert [b.tolist() for b in rank_batches(seeds, 4, 0, 1)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    # Two processes, batch 4: ceil(10/8)*2 = 4 chunks (3, 3, 2, 2); rank 1 takes chunks 1 and 3.
-    assert [b.tolist() for b in rank_batches(seeds, 4, 1, 2)] == [[3, 4, 5], [8, 9]]
-    assert sum(len(b) for r in range(3) for b in rank_batches(seeds, 64, r, 3)) == 10
 
 
 def test_generate_writes_pngs_and_torchrun_is_byte_identical(tmp_path, tiny_pkl):

@@ -3,9 +3,10 @@
 NCCL on CUDA machines, gloo otherwise. On a machine without CUDA no CUDA function other than
 `torch.cuda.is_available()` is ever called.
 """
+import math
 import os
 import socket
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -68,6 +69,14 @@ def barrier() -> None:
     """Wait for all ranks; a no-op without a process group or in a world of one."""
     if get_world_size() > 1:
         dist.barrier()
+
+
+def rank_batches(items: Sequence[int], max_batch_size: int, rank: int, world_size: int) -> List[torch.Tensor]:
+    """This rank's batches of `items` (seeds, image indices) as upstream splits them: ceil(n / (B * W)) * W nearly
+    equal chunks in order, of which rank r takes r, r + W, r + 2W, ... (some may be empty)."""
+    num_batches = max(math.ceil(len(items) / (max_batch_size * world_size)), 1) * world_size
+    chunks = torch.as_tensor(list(items), dtype=torch.int64).tensor_split(num_batches)
+    return list(chunks[rank::world_size])
 
 
 def should_stop() -> bool:
