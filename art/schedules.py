@@ -31,6 +31,7 @@ from dnnlib.util import UserError
 from art.networks import network_name
 from edm import grids
 from edm.guidance import split_guided_spec
+from edm.sampler import SOLVERS
 
 FORMAT = 'edm-art-schedule'
 VERSION = 1
@@ -213,8 +214,9 @@ class Schedule:
                                 f'{VERSION})')
         if not isinstance(data.get('method'), str):
             raise ScheduleError(f'{source}: method must be a string')
-        if data.get('solver') is not None and not isinstance(data['solver'], str):
-            raise ScheduleError(f'{source}: solver must be a string or null')
+        if data.get('solver') is not None and data['solver'] not in SOLVERS:
+            raise ScheduleError(f'{source}: solver = {data["solver"]!r} is not a solver; valid: {", ".join(SOLVERS)} '
+                                f'or null')
         for key in ('provenance', 'metrics'):
             if not isinstance(data.get(key, {}), dict):
                 raise ScheduleError(f'{source}: {key} must be an object')
@@ -286,6 +288,9 @@ def _same_network(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
+FAR_BELOW = 10.0   # a schedule starting this many times below the network's starting level gets a note
+
+
 def check_network_fit(schedule: Schedule, net: Any, network: str, source: str) -> Optional[str]:
     """Check that a schedule file suits the network it is about to drive; returns a note for the user, or None.
 
@@ -294,19 +299,28 @@ def check_network_fit(schedule: Schedule, net: Any, network: str, source: str) -
       (beyond a relative 1e-6 of round-off). Its first steps would query the network where it has no defined
       behaviour and the samples would start from more noise than the network's prior, e.g. a grid made for EDM's
       sigma_max = 80 on analytic:gauss1d, whose T = 3. EDM pickles have sigma_max = inf: no bound.
+    - A note: the schedule starts more than FAR_BELOW times below the level the network's samplers start at
+      (sigma_max, or EDM's 80 for networks without a bound), e.g. a grid made for analytic:gauss1d (T = 3) on an EDM
+      pickle. The network is defined there, but x(T) then holds far less noise than its prior: poor samples.
     - A note: the provenance records another network than `network`. The grid is still valid there, but it was
       optimised for the other one. Files without a recorded network (baselines, hand-written grids) get no note.
+    Several notes are joined into one line.
     """
     sigma_max = float(getattr(net, 'sigma_max', math.inf))
     if schedule.sigmas[0] > sigma_max * (1 + 1e-6):
         raise ScheduleError(f'{source}: the schedule starts at sigma = {schedule.sigmas[0]:g}, above the network\'s '
                             f'highest noise level {sigma_max:g}; use a schedule made for this network '
                             f'(train_art.py --network={network}) or a baseline name')
+    notes = []
+    start = sigma_max if math.isfinite(sigma_max) else grids.EDM_SIGMA_MAX
+    if schedule.sigmas[0] * FAR_BELOW < start:
+        notes.append(f'{source} starts at sigma = {schedule.sigmas[0]:g}, far below the network\'s starting level '
+                     f'{start:g}: its samples begin with much less noise than the prior and may be poor')
     made_for = schedule.provenance.get('network')
     if isinstance(made_for, str) and not _same_network(made_for, network):
-        return (f'{source} was made for {made_for}, not {network}: it is a valid grid here, but optimised for the '
-                f'other network')
-    return None
+        notes.append(f'{source} was made for {made_for}, not {network}: it is a valid grid here, but optimised for '
+                     f'the other network')
+    return '; '.join(notes) or None
 
 
 # ---------------------------------------------------------------------------------------------------------------
