@@ -9,6 +9,8 @@ optimisation; `gits`: GITS-style dynamic programming; these use seeds of their o
 or schedule files (resampled to other K, with a note). Metrics and measurement: art/compare.py. With
 `--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation. `--gnet` and
 `--guidance` measure on the autoguided field of a network pickle (edm.guidance), the field generate_art.py integrates.
+Sizes are bounded so that a typo cannot run for days or exhaust memory: at most MAX_LATENTS latents in all
+(`--num` x `--repeats`, FID's 50,000 fits), MAX_REPEATS seed sets, K <= edm.grids.MAX_STEPS.
 """
 
 from typing import List, Optional
@@ -18,35 +20,48 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
+from art import metrics
 from art.compare import ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
-from edm.cli import Command, check_output_file, guidance_options, int_list_callback, name_list_callback, parse_device
+from edm.cli import SEED, Command, check_output_file, guidance_options, name_list_callback, parse_device, steps_callback
 from edm.guidance import check_guidance_options, guided_spec
+from edm.rng import MAX_SEED
 from edm.sampler import SOLVERS
+
+MAX_LATENTS = 100_000   # latents held at once (--num x --repeats), and the largest --batch and --cf-samples
+MAX_REPEATS = 100
+
+
+def check_sizes(num: int, repeats: int, seed: int) -> None:
+    """UserError unless the num x repeats latents fit MAX_LATENTS and their seeds stay <= MAX_SEED."""
+    if num * repeats > MAX_LATENTS:
+        raise UserError(f'--num={num} x --repeats={repeats} is {num * repeats:,} latents, more than {MAX_LATENTS:,}; '
+                        f'give fewer')
+    if seed + num * repeats - 1 > MAX_SEED:
+        raise UserError(f'--seed={seed}: the latents\' seeds would pass {MAX_SEED:,}; give a smaller --seed')
 
 
 @click.command(cls=Command)
 @click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', required=True)
 @click.option('--steps', help='Step counts K (e.g. 2,5,10)', metavar='LIST', default='2,5,10', show_default=True,
-              callback=int_list_callback(1, 'steps'))
+              callback=steps_callback())
 @click.option('--schedules', help='Comma-separated baselines, methods (closed-form, direct, gits) or schedule files',
               metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True, callback=name_list_callback)
 @click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True)
 @click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
-@click.option('--num', help='Latents (images) per seed set', metavar='INT', type=click.IntRange(min=1), default=256,
-              show_default=True)
+@click.option('--num', help='Latents (images) per seed set', metavar='INT', type=click.IntRange(1, MAX_LATENTS),
+              default=256, show_default=True)
 @click.option('--repeats', help='Disjoint seed sets; the table shows mean +- std', metavar='INT',
-              type=click.IntRange(min=1), default=1, show_default=True)
+              type=click.IntRange(1, MAX_REPEATS), default=1, show_default=True)
 @click.option('--ref', help='FID reference statistics (.npz path or URL), for --metric=fid', metavar='NPZ|URL')
 @click.option('--detector', help='Inception for --metric=fid: offline, a TorchScript file, or a pickle URL/path',
               metavar='offline|PATH|URL', default='offline', show_default=True)
-@click.option('--batch', help='Images per batch for --metric=fid', metavar='INT', type=click.IntRange(min=1), default=64,
-              show_default=True)
-@click.option('--seed', help='First seed of the latents', metavar='INT', type=click.IntRange(min=0), default=0,
-              show_default=True)
+@click.option('--batch', help='Images per batch for --metric=fid', metavar='INT', type=click.IntRange(1, MAX_LATENTS),
+              default=64, show_default=True)
+@click.option('--seed', help='First seed of the latents', metavar='INT', type=SEED, default=0, show_default=True)
 @click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
-              type=click.IntRange(min=1), default=256, show_default=True)
+              type=click.IntRange(1, MAX_LATENTS), default=256, show_default=True)
 @click.option('--device', help='Device', metavar='DEVICE', type=str, default='cpu', show_default=True,
               callback=parse_device)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
@@ -61,12 +76,15 @@ def main(network: str, steps: List[int], schedules: List[str], solver: str, metr
         raise UserError('--schedules is empty; give baselines, methods or schedule files')
     if metric == 'fid' and not ref:
         raise UserError('--metric=fid needs --ref (reference statistics made with fid.py ref)')
+    check_sizes(num, repeats, seed)
     if out:
         check_output_file(out, '--out')
     net = load_network_spec(network, device=device, trust_embedded_code=trust_pickle)
     if metric == 'fid' and getattr(net, 'encoder', None) is not None:
         raise UserError('--metric=fid scores samples as pixels, but this network\'s samples are decoded by its '
                         'encoder (an EDM2 file); generate its images with generate_art.py and score them with fid.py')
+    if metric == 'w2':
+        metrics.check_exact_w2(net)
     method_options = {'closed-form': dict(num_samples=cf_samples)}
     sources = [ScheduleSource(spec, net, network, solver, method_options) for spec in schedules]
     for source in sources:

@@ -4,9 +4,11 @@
 
 Both grids sample the same latents with the same solver; each result is compared with a high-accuracy solution of the
 probability-flow ODE from the same latents (exact for analytic models). Writes `comparison.png` (EDM | ART |
-reference), the per-seed PNGs under `edm/` and `art/`, and `results.json`; prints the endpoint errors.
+reference), the per-seed PNGs under `edm/` and `art/`, and `results.json`; prints the endpoint errors. At most
+MAX_SEEDS seeds (one picture) and K <= edm.grids.MAX_STEPS.
 """
 
+import math
 import os
 from typing import Dict, List
 
@@ -22,7 +24,8 @@ from art.analytic import AnalyticModel
 from art.closed_form import closed_form_schedule
 from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_path
 from art.schedules import Schedule, baseline_schedule, load_schedule
-from edm.cli import Command, parse_seeds
+from dnnlib.util import UserError
+from edm.cli import STEPS, Command, check_output_dir, parse_seeds
 from edm.images import image_grid, save_images, save_png
 from edm.rng import seed_latents
 from edm.sampler import sample
@@ -39,6 +42,8 @@ def art_schedule(network: str, net: torch.nn.Module, num_steps: int) -> Schedule
 REFERENCE_STEPS = 128   # Heun steps of a trained network's reference solve (NFE 255: the demo stays under a minute)
 TILE = 96           # pixels per sample in the picture (small images are enlarged, nearest neighbour)
 FONT_SIZE = 16
+MAX_SEEDS = 1024    # samples in the comparison picture
+START_RTOL = 1e-12  # both grids start at the same sigma_T up to round-off (the closed form's clock is evaluated)
 
 
 def enlarged(image: PIL.Image.Image, image_size: int) -> PIL.Image.Image:
@@ -83,8 +88,9 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
     reference_name = 'exact ODE solution' if isinstance(net, AnalyticModel) else f'Heun, {REFERENCE_STEPS} steps'
     results, panels = {}, []
     for name, schedule in schedules.items():
-        if float(schedule.sigmas[0]) != sigma_T:
-            raise ValueError(f'the {name} schedule starts at {schedule.sigmas[0]}, not at {sigma_T}')
+        if not math.isclose(float(schedule.sigmas[0]), sigma_T, rel_tol=START_RTOL):
+            raise UserError(f'the {name} schedule starts at sigma = {schedule.sigmas[0]:g}, not at EDM\'s '
+                            f'{sigma_T:g}: the two would not sample the same x(T); use a network both fit')
         x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
         save_images(x, seeds, os.path.join(outdir, name))
         results[name] = dict(method=schedule.method, sigmas=schedule.sigmas.tolist(), rms=metrics.rms_error(x, reference))
@@ -103,14 +109,16 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
 @click.command(cls=Command)
 @click.option('--network', help='Network pickle, URL or analytic:... spec  [default: the embedded default]',
               metavar='PATH|URL|SPEC', default=None)
-@click.option('--steps', 'num_steps', help='Number of sampling steps K', type=click.IntRange(min=1), default=10,
-              show_default=True)
+@click.option('--steps', 'num_steps', help='Number of sampling steps K', type=STEPS, default=10, show_default=True)
 @click.option('--outdir', help='Where to write the comparison', metavar='DIR', default='demo-out', show_default=True)
-@click.option('--seeds', help='Random seeds (e.g. 0-15)', metavar='LIST', default='0-15', show_default=True,
-              callback=parse_seeds)
+@click.option('--seeds', help=f'Random seeds (e.g. 0-15), at most {MAX_SEEDS}', metavar='LIST', default='0-15',
+              show_default=True, callback=parse_seeds)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
 def main(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str) -> None:
     """Compare the shipped ART schedule with EDM's grid on the default network."""
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f'--seeds gives {len(seeds):,} seeds, more than the {MAX_SEEDS} the picture shows; give fewer')
+    check_output_dir(outdir, '--outdir')
     summary = run_demo(network or DEFAULT_NETWORK, num_steps, outdir, seeds, solver)
     print(f'{summary["network"]}, K={num_steps} ({solver}), {len(seeds)} seeds: rms endpoint error against the '
           f'reference solution of the same latents ({summary["reference"]})')

@@ -7,16 +7,23 @@ import numpy as np
 import torch
 
 from art.analytic import AnalyticModel, GaussianModel, gauss_w2, reference_solution
+from dnnlib.util import UserError
 from edm import grids
 from edm.sampler import sample_batches
 
 REFERENCE_STEPS = 512     # Heun steps of the reference solve for neural networks (EDM rho=7 grid).
 
 
+def check_exact_w2(net: torch.nn.Module) -> None:
+    """UserError unless W2 is exact on the net: a Gaussian model (a mixture's sampler output law has no closed form)."""
+    if not isinstance(net, GaussianModel):
+        raise UserError('--metric=w2 is exact only for Gaussian models (analytic:gauss1d, analytic:gauss:...); '
+                        'use --metric=rms on this network')
+
+
 def exact_w2(net: torch.nn.Module, sigmas: np.ndarray, solver: str) -> float:
     """Exact W2 between the sampler's output law and the data law of a Gaussian model (x_0 ~ p_T, as the paper)."""
-    if not isinstance(net, GaussianModel):
-        raise ValueError('--metric=w2 is exact only for Gaussian models (analytic:gauss1d, analytic:gauss:...)')
+    check_exact_w2(net)
     return gauss_w2(sigmas, net.std, solver=solver, init='marginal', dim=net.img_channels * net.img_resolution ** 2)
 
 

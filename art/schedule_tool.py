@@ -20,7 +20,7 @@ import dnnlib
 from art import plots
 from art.schedules import baseline_schedule, load_schedule
 from edm import grids
-from edm.cli import Group, check_output_file, name_list_callback
+from edm.cli import STEPS, Group, check_output_file, name_list_callback
 
 
 def _baselines(ctx: click.Context, param: click.Parameter, value: str) -> List[str]:
@@ -48,7 +48,7 @@ def main() -> None:
 @click.option('--format', 'fmt', type=click.Choice(plots.EXPORT_FORMATS), required=True,
               help='list: JSON list; diffusers: JSON list for set_timesteps(sigmas=...), final 0 included; '
                    'k-diffusion: torch.tensor literal for sample_euler(model, x, sigmas)')
-@click.option('--steps', metavar='K', type=click.IntRange(min=1), default=None,
+@click.option('--steps', metavar='K', type=STEPS, default=None,
               help='Resample to K steps first (clock, else log-linear)')
 @click.option('--out', metavar='PATH', type=str, default=None, help='Write here (atomically) instead of stdout')
 def export(file: str, fmt: str, steps: Optional[int], out: Optional[str]) -> None:
@@ -72,6 +72,8 @@ def export(file: str, fmt: str, steps: Optional[int], out: Optional[str]) -> Non
 def show(files: Tuple[str, ...], baselines: List[str], out: Optional[str]) -> None:
     """Print a table of the grids and plot sigma against step index (log y) to a PNG."""
     out = check_output_file(out or os.path.splitext(files[0])[0] + '.png', '--out')
+    if not out.lower().endswith('.png'):
+        raise click.BadParameter(f'{out} does not end in .png; show writes a PNG picture', param_hint="'--out'")
     schedules = [load_schedule(path) for path in files]
     grids_by_name: Dict[str, Any] = {label: s.sigmas for label, s in zip(_labels(files), schedules)}
     for name in baselines:

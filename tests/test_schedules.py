@@ -130,6 +130,8 @@ def edited(**changes) -> dict:
     ('list.json', [80, 0], 'JSON object'),
     ('clock.json', edited(clock={'u': [0, 0.7, 0.5, 1], 'sigma': [80, 3, 1, 0]}), 'clock.u'),
     ('method.json', edited(method=None), 'method'),
+    ('solver.json', edited(solver='eular'), r"solver = 'eular' is not a solver; valid: euler, heun, rk4, dpmpp-2m"),
+    ('solver2.json', edited(solver=3), 'solver = 3 is not a solver'),
 ])
 def test_invalid_files_raise_one_line_naming_the_file(tmp_path, name, content, words):
     path = write_json(tmp_path / name, content)
@@ -208,6 +210,21 @@ def test_a_schedule_starting_above_the_network_range_is_refused():
     assert check_network_fit(Schedule('x', [500.0, 1.0, 0.0]), edm_net, 'net.pkl', 's.json') is None
 
 
+@pytest.mark.parametrize('start, sigma_max, note', [
+    (3.0, float('inf'), True),     # a gauss1d grid (T = 3) on an EDM pickle, which starts at 80
+    (7.9, float('inf'), True),
+    (8.0, float('inf'), False),    # within FAR_BELOW = 10 of 80
+    (0.2, 3.0, True),              # gauss1d's own T = 3
+    (0.3, 3.0, False),
+])
+def test_a_schedule_starting_far_below_the_network_range_gets_a_note(start, sigma_max, note):
+    net = type('Net', (), {'sigma_max': sigma_max})()
+    text = check_network_fit(Schedule('x', [start, start / 100, 0.0]), net, 'net.pkl', 's.json')
+    assert (text is not None) == note
+    if note:
+        assert text.startswith(f's.json starts at sigma = {start:g}, far below the network\'s starting level')
+
+
 @pytest.mark.parametrize('made_for, used_on, note', [
     ('analytic:gmm:assets/fmnist-gmm.npz', 'analytic:gmm:/elsewhere/assets/fmnist-gmm.npz', False),   # same file
     ('runs/network-snapshot-001000.pkl', '/abs/runs/network-snapshot-001000.pkl', False),
@@ -220,7 +237,7 @@ def test_a_schedule_starting_above_the_network_range_is_refused():
 def test_a_schedule_made_for_another_network_gets_a_note(made_for, used_on, note):
     net = type('EDMLike', (), {'sigma_max': float('inf')})()
     provenance = {} if made_for is None else {'network': made_for}
-    text = check_network_fit(Schedule('x', [3.0, 1.0, 0.0], provenance=provenance), net, used_on, 's.json')
+    text = check_network_fit(Schedule('x', [80.0, 1.0, 0.0], provenance=provenance), net, used_on, 's.json')
     assert (text is not None) == note
     if note:
         assert text.startswith(f's.json was made for {made_for}, not {used_on}')
