@@ -20,7 +20,6 @@ u = 1 - Lambda(sigma)/Lambda(sigma_max), and the K-step grid is that clock read 
 """
 
 import dataclasses
-import time
 from typing import Optional
 
 import numpy as np
@@ -28,8 +27,9 @@ import scipy.interpolate
 import torch
 
 from art.error_density import error_density, field, q_norm
-from art.schedules import Clock, Schedule, code_version
+from art.schedules import Clock, Schedule, Stopwatch, method_provenance
 from edm import grids
+from edm.sampler import heun_step
 from torch_utils.misc import module_device
 
 QBAR_FLOOR = 1e-12       # relative floor on qbar, so that Lambda is strictly increasing
@@ -43,8 +43,7 @@ class QbarEstimate:
     num_samples: int
     forward_evals: int       # per-sample network forward passes, all samples together
     jvp_evals: int           # per-sample JVPs, all samples together
-    cpu_seconds: float
-    wall_seconds: float
+    seconds: dict            # CPU and wall seconds (Stopwatch.seconds)
 
 
 def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min: Optional[float] = None,
@@ -69,19 +68,20 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
 
     stats = {}
     q_sum = np.zeros(len(sigma))
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    watch = Stopwatch()
     for start in range(0, num_samples, batch_size):
         x = latents[start:start + batch_size].to(device) * sigma[0]
         c = None if labels is None else labels[start:start + batch_size].to(device)
+        def f(x: torch.Tensor, s: float) -> torch.Tensor:
+            return field(net, x, float(s), c, stats=stats)
+
         for i, s in enumerate(sigma):
-            f, Q = error_density(net, x, float(s), c, mode=mode, stats=stats)
+            f_cur, Q = error_density(net, x, float(s), c, mode=mode, stats=stats)
             q_sum[i] += q_norm(Q).sum().item()
-            if i + 1 < len(sigma):                                   # Heun step to the next level
-                h = sigma[i + 1] - s
-                f_next = field(net, x + h * f, float(sigma[i + 1]), c, stats=stats)
-                x = x + 0.5 * h * (f + f_next)
+            if i + 1 < len(sigma):                                   # Heun step to the next level, first stage f_cur
+                x = heun_step(f, x, s, sigma[i + 1], f_cur)
     return QbarEstimate(sigma, q_sum / num_samples, num_samples, stats.get('forward', 0), stats.get('jvp', 0),
-                        time.process_time() - cpu0, time.perf_counter() - wall0)
+                        watch.seconds())
 
 
 def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = grids.RHO) -> Clock:
@@ -104,17 +104,13 @@ def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num
     """The training-free ART schedule for K = num_steps, with its continuous clock and cost in provenance."""
     est = estimate_qbar(net, num_samples, fine_steps, sigma_min, sigma_max, rho, batch_size, seed, mode)
     clock = lambda_clock(est.sigma, est.qbar, rho)
-    provenance = {
-        'network': network,
+    provenance = method_provenance(network, {
         'objective': 'open-loop optimum of E int |Q| theta^2 dt (eqs. 8-9): uniform in int sqrt(qbar) dsigma',
         'num_steps_built_for': int(num_steps),
         'reference': {'integrator': 'heun', 'discretization': 'edm', 'rho': rho, 'levels': fine_steps,
                       'sigma_max': float(est.sigma[0]), 'sigma_min': float(est.sigma[-1]), 'num_samples': num_samples,
                       'seed': seed, 'q_mode': mode, 'below_sigma_min': 'qbar held at its value at sigma_min'},
-        'cost': {'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
-                 'forward_evals_per_trajectory': est.forward_evals / num_samples,
-                 'jvp_evals_per_trajectory': est.jvp_evals / num_samples,
-                 'cpu_seconds': round(est.cpu_seconds, 3), 'wall_seconds': round(est.wall_seconds, 3)},
-        'code_version': code_version(),
-    }
+    }, {'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
+        'forward_evals_per_trajectory': est.forward_evals / num_samples,
+        'jvp_evals_per_trajectory': est.jvp_evals / num_samples, **est.seconds})
     return Schedule('closed-form', clock.grid(num_steps), solver='euler', clock=clock, provenance=provenance)

@@ -19,8 +19,8 @@ of the closed form and of gits for the same K, as art.report passes them: a warm
 begins from the best grid known; their cost is in their own methods' rows).
 
 Optimisation: Adam on z, learning rate cosine-annealed to 0; the loss is differentiated through an Euler/Heun rollout
-that calls the network at each level (the arithmetic of edm.sampler.sample with the linear schedule, no scaling, no
-churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state is float64
+that calls the network at each level (edm.sampler's SOLVER_STEPS, as edm.sampler.sample with the linear schedule,
+no scaling, no churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state is float64
 (analytic models compute in float64 throughout).
 
 Stopping by held-out error: num_holdout further latents (seeds after the training seeds, still disjoint from the
@@ -44,9 +44,9 @@ products through the network (iterations x latents x NFE); the reference solve i
 reference_cpu_seconds and cpu_seconds).
 """
 
+import dataclasses
 import math
-import time
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,10 +54,10 @@ import torch
 from art.analytic import AnalyticModel
 from art.latents import TRAIN_SEED_BASE, training_latents
 from art.metrics import REFERENCE_STEPS, reference_endpoints
-from art.schedules import Schedule, clock_from_grid, code_version
+from art.schedules import Schedule, Stopwatch, clock_from_grid, method_provenance
 from edm import grids
 from edm.grids import check_choice
-from edm.sampler import nfe
+from edm.sampler import SOLVER_STEPS, nfe
 from torch_utils.misc import module_device
 
 INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
@@ -66,19 +66,15 @@ NUM_LATENTS = 1024                                          # training latents (
 
 def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, class_labels: Optional[torch.Tensor],
             solver: str) -> torch.Tensor:
-    """Differentiable Euler/Heun solve from latents * sigmas[0] over the grid (Heun's last step is Euler)."""
-    def f(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Differentiable solve from latents * sigmas[0] over the grid by edm.sampler's steps, in float64: `sample` with
+    the linear schedule, no scaling and no churn (Heun's last step is Euler)."""
+    def d(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return (x - net(x, sigma, class_labels).to(torch.float64)) / sigma
 
+    step = SOLVER_STEPS[solver]
     x = latents.to(torch.float64) * sigmas[0]
-    num_steps = len(sigmas) - 1
-    for i in range(num_steps):
-        h = sigmas[i + 1] - sigmas[i]
-        d = f(x, sigmas[i])
-        if solver == 'euler' or i == num_steps - 1:
-            x = x + h * d
-        else:
-            x = x + 0.5 * h * (d + f(x + h * d, sigmas[i + 1]))
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = step(d, x, sigma, sigma_next, d(x, sigma))
     return x
 
 
@@ -97,6 +93,148 @@ def logits_from_grid(sigmas: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.log(v[:-1] - v[1:]))
 
 
+def candidate_grids(net: torch.nn.Module, num_steps: int, init: str, init_sigma_mins: Sequence[float],
+                    init_grids: Optional[dict], sigma_max: float) -> Dict[str, np.ndarray]:
+    """The named candidate starts, each from sigma_max: the `init` grid for every sigma_min of init_sigma_mins below
+    sigma_max, then the given init_grids."""
+    candidates = {f'{init} sigma_min={m:g}': grids.make_sigmas(init, num_steps, sigma_min=m, sigma_max=sigma_max,
+                                                               net=net) for m in init_sigma_mins if m < sigma_max}
+    for name, grid in (init_grids or {}).items():
+        if len(grid) != num_steps + 1:
+            raise ValueError(f'init_grids[{name!r}] has {len(grid) - 1} steps, not {num_steps}')
+        candidates[name] = grid
+    if not candidates:
+        raise ValueError(f'no init_sigma_mins value lies below sigma_max = {sigma_max} and no init_grids')
+    starts = {}
+    for name, grid in candidates.items():
+        starts[name] = np.array(grid, dtype=np.float64)
+        starts[name][0] = sigma_max
+    return starts
+
+
+class EndpointLoss:
+    """The objective: mean |x_K - x_ref|^2 of the rollout over the grid of logits z, on the training latents (seeds
+    first_seed..) or the held-out ones after them, x_ref their reference endpoints; counts what it spends."""
+
+    def __init__(self, net: torch.nn.Module, solver: str, sigma_max: float, num_latents: int, num_holdout: int,
+                 first_seed: int, batch_size: int, reference: tuple):
+        watch = Stopwatch()
+        self.net, self.solver, self.sigma_max, self.batch_size = net, solver, sigma_max, batch_size
+        self.first_seed, self.reference = first_seed, reference
+        self.latents, self.labels = training_latents(net, num_latents + num_holdout, first_seed, module_device(net))
+        with torch.no_grad():
+            self.target = reference_endpoints(net, self.latents, sigma_max, self.labels, steps=reference[1],
+                                              solver=reference[0]).to(torch.float64)
+        self.train, self.holdout = slice(0, num_latents), slice(num_latents, num_latents + num_holdout)
+        self.analytic = isinstance(net, AnalyticModel)                  # the reference is exact
+        self.reference_cpu_seconds = watch.seconds()['cpu_seconds']
+        self.forward_evals = self.backward_evals = 0                    # per-sample network passes (module docstring)
+
+    def __call__(self, z: torch.Tensor, with_grad: bool = False, holdout: bool = False) -> float:
+        """The mean over the training (or held-out) latents, accumulating d/dz into z.grad when with_grad."""
+        which = self.holdout if holdout else self.train
+        total, count = 0.0, which.stop - which.start
+        for start in range(which.start, which.stop, self.batch_size):
+            part = slice(start, min(start + self.batch_size, which.stop))
+            with torch.set_grad_enabled(with_grad):
+                x = rollout(self.net, self.latents[part], grid_from_logits(z, self.sigma_max),
+                            None if self.labels is None else self.labels[part], self.solver)
+                loss = (x - self.target[part]).flatten(1).square().sum(1).sum() / count
+            if with_grad:
+                grad, = torch.autograd.grad(loss, [z])      # d/dz only: the network's parameters stay frozen
+                z.grad = grad if z.grad is None else z.grad + grad
+            total += loss.item()
+        evals = nfe(len(z), self.solver) * count
+        self.forward_evals += evals
+        self.backward_evals += evals if with_grad else 0
+        return total
+
+    def cost(self) -> dict:
+        """The network evaluations spent so far and the reference solve's cost (module docstring)."""
+        reference_solver, reference_steps = self.reference
+        num = self.holdout.stop
+        return {'forward_evals': self.forward_evals, 'backward_evals': self.backward_evals,
+                'reference_forward_evals': None if self.analytic else num * nfe(reference_steps, reference_solver),
+                'reference_cpu_seconds': self.reference_cpu_seconds}
+
+
+@dataclasses.dataclass
+class Fit:
+    """What the fit went through: each candidate start's (training loss, logits, held-out loss), the start taken, the
+    training loss of every iteration and the scored points (held-out loss, training loss, where, logits)."""
+    starts: dict
+    start: str
+    history: list
+    scored: list
+
+    @property
+    def best(self) -> tuple:
+        """The scored point with the lowest held-out loss."""
+        return min(self.scored, key=lambda row: row[0])
+
+
+def fit(loss: EndpointLoss, starts: Dict[str, torch.Tensor], iters: int, lr: float, eval_every: int) -> Fit:
+    """Adam on the logits from the candidate start with the lowest training loss, lr cosine-annealed to 0; every
+    candidate start, every eval_every-th iterate and the final one are scored on the held-out latents."""
+    scored = []
+
+    def score(z: torch.Tensor, train_loss: float, where) -> float:
+        held_out = loss(z.detach(), holdout=True)
+        scored.append((held_out, train_loss, where, z.detach().clone()))
+        return held_out
+
+    scanned = {}
+    for name, z in starts.items():
+        train_loss = loss(z)
+        scanned[name] = (train_loss, z, score(z, train_loss, f'start {name}'))
+    start = min(scanned, key=lambda key: scanned[key][0])
+    logits = scanned[start][1].clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=lr)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iters), 1))
+    history = []
+    steps = int(len(logits) > 1) * iters            # K = 1 has no interior level to learn
+    for iteration in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        history.append(loss(logits, with_grad=True))
+        if iteration and iteration % eval_every == 0:   # iteration 0 is the start, scored above
+            score(logits, history[-1], iteration)
+        optimizer.step()
+        annealing.step()
+    score(logits, loss(logits.detach()), steps)
+    return Fit(scanned, start, history, scored)
+
+
+def provenance_fields(result: Fit, loss: EndpointLoss, init: str, iters: int, lr: float, eval_every: int,
+                      seed: int) -> dict:
+    """The provenance of a direct grid, apart from the network, the cost and the code version."""
+    num_steps = len(result.starts[result.start][1])
+    first, num, num_holdout = loss.first_seed, loss.train.stop, loss.holdout.stop - loss.holdout.start
+    reference_solver, reference_steps = loss.reference
+    return {
+        'method_source': 'LD3 (Tong et al. 2024, Learning to Discretize Denoising Diffusion ODEs), plain squared error',
+        'objective': 'mean over training latents of |x_K - x_ref|^2, x_ref the reference PF-ODE endpoint '
+                     '(art.metrics.reference_endpoints) of the same latents',
+        'parametrisation': f'sigma^(1/{grids.RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
+        'init': {'discretization': init,
+                 'candidates_training_rms': {k: math.sqrt(v[0]) for k, v in result.starts.items()},
+                 'candidates_holdout_rms': {k: math.sqrt(v[2]) for k, v in result.starts.items()},
+                 'rule': 'start from the candidate grid with the lowest training rms', 'start': result.start,
+                 'sigmas': grid_from_logits(result.starts[result.start][1], loss.sigma_max).tolist()},
+        'num_steps_built_for': num_steps, 'iterations': int(iters) if num_steps > 1 else 0,
+        'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': loss.batch_size,
+        'latents': {'num': num, 'seeds': f'{first}-{first + num - 1}', 'sigma_max': loss.sigma_max},
+        'holdout': {'num': num_holdout, 'seeds': f'{first + num}-{first + num + num_holdout - 1}',
+                    'eval_every': eval_every, 'returned': result.best[2],
+                    'loss_history': [row[0] for row in result.scored if not isinstance(row[2], str)]},
+        'seed': seed, 'returned': 'lowest held-out loss among the candidate starts and the scored iterates (every '
+                                  'eval_every, final)',
+        'reference': ('exact (DOP853, rtol 1e-11)' if loss.analytic
+                      else f'{reference_solver}, EDM rho=7 grid, {reference_steps} steps'),
+        'final_training_loss': result.best[1], 'start_training_loss': result.starts[result.start][0],
+        'loss_history_every_10': result.history[::10],
+    }
+
+
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
                     num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0,
                     init: str = 'edm', init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS,
@@ -111,121 +249,19 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
         raise ValueError(f'need num_latents, batch_size, num_holdout, eval_every >= 1, iters >= 0 and lr > 0, got '
                          f'{num_latents}, {batch_size}, {num_holdout}, {eval_every}, {iters}, {lr}')
     sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
+    watch = Stopwatch()
+    loss = EndpointLoss(net, solver, sigma_max, num_latents, num_holdout, TRAIN_SEED_BASE + seed, batch_size,
+                        reference)
+    candidates = candidate_grids(net, int(num_steps), init, init_sigma_mins, init_grids, sigma_max)
     device = module_device(net)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-
-    first_seed = TRAIN_SEED_BASE + seed
-    latents, labels = training_latents(net, num_latents + num_holdout, first_seed, device)
-    with torch.no_grad():
-        reference_solver, reference_steps = reference
-        target = reference_endpoints(net, latents, sigma_max, labels, steps=reference_steps,
-                                     solver=reference_solver).to(torch.float64)
-    reference_cpu = time.process_time() - cpu0
-    train, holdout = slice(0, num_latents), slice(num_latents, num_latents + num_holdout)
-
-    per_pass = nfe(int(num_steps), solver) * num_latents
-    per_holdout = nfe(int(num_steps), solver) * num_holdout
-    forward_evals = backward_evals = 0
-
-    def loss_and_grad(z: torch.Tensor, with_grad: bool, which: slice = train) -> float:
-        """Mean over the latents `which` of |x_K - x_ref|^2, accumulating d/dz over batches when with_grad."""
-        total, count = 0.0, which.stop - which.start
-        for start in range(which.start, which.stop, batch_size):
-            part = slice(start, min(start + batch_size, which.stop))
-            with torch.set_grad_enabled(with_grad):
-                x = rollout(net, latents[part], grid_from_logits(z, sigma_max), None if labels is None else
-                            labels[part], solver)
-                loss = (x - target[part]).flatten(1).square().sum(1).sum() / count
-            if with_grad:
-                grad, = torch.autograd.grad(loss, [z])      # d/dz only: the network's parameters stay frozen
-                z.grad = grad if z.grad is None else z.grad + grad
-            total += loss.item()
-        return total
-
-    candidates = {f'{init} sigma_min={m:g}': grids.make_sigmas(init, int(num_steps), sigma_min=m, sigma_max=sigma_max,
-                                                               net=net) for m in init_sigma_mins if m < sigma_max}
-    for name, grid in (init_grids or {}).items():
-        grid = np.asarray(grid, dtype=np.float64)
-        if len(grid) != num_steps + 1:
-            raise ValueError(f'init_grids[{name!r}] has {len(grid) - 1} steps, not {num_steps}')
-        candidates[name] = grid
-    if not candidates:
-        raise ValueError(f'no init_sigma_mins value lies below sigma_max = {sigma_max} and no init_grids')
-    history, scored = [], []                        # scored: (held-out loss, training loss, where, logits)
-
-    def score(z: torch.Tensor, train_loss: float, where) -> float:
-        nonlocal forward_evals
-        held_out = loss_and_grad(z.detach(), with_grad=False, which=holdout)
-        scored.append((held_out, train_loss, where, z.detach().clone()))
-        forward_evals += per_holdout
-        return held_out
-
-    starts = {}                                     # name -> (training loss, logits, held-out loss) of each candidate
-    for name, start_sigmas in candidates.items():
-        start_sigmas = np.array(start_sigmas, dtype=np.float64)
-        start_sigmas[0] = sigma_max
-        z = logits_from_grid(start_sigmas).to(device)
-        train_loss = loss_and_grad(z, with_grad=False)
-        forward_evals += per_pass
-        starts[name] = (train_loss, z, score(z, train_loss, f'start {name}'))
-    start_name = min(starts, key=lambda key: starts[key][0])
-    logits = starts[start_name][1].clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([logits], lr=lr)
-    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iters), 1))
-
-    steps = int(num_steps > 1) * iters              # K = 1 has no interior level to learn
-    for iteration in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_and_grad(logits, with_grad=True)
-        forward_evals += per_pass
-        backward_evals += per_pass
-        history.append(loss)
-        if iteration and iteration % eval_every == 0:   # iteration 0 is the start, scored above
-            score(logits, loss, iteration)
-        optimizer.step()
-        annealing.step()
-    final_loss = loss_and_grad(logits.detach(), with_grad=False)
-    forward_evals += per_pass
-    score(logits, final_loss, steps)
-    best_holdout, best_loss, best_where, best_logits = min(scored, key=lambda row: row[0])
-    start_holdout = starts[start_name][2]
-
+    result = fit(loss, {name: logits_from_grid(grid).to(device) for name, grid in candidates.items()}, iters, lr,
+                 eval_every)
+    best_holdout, best_loss, _, best_logits = result.best
+    start_loss, _, start_holdout = result.starts[result.start]
     sigmas = grid_from_logits(best_logits, sigma_max).cpu().numpy()
     sigmas[0], sigmas[-1] = sigma_max, 0.0
-    analytic = isinstance(net, AnalyticModel)
-    start_loss = starts[start_name][0]
-    provenance = {
-        'network': network,
-        'method_source': 'LD3 (Tong et al. 2024, Learning to Discretize Denoising Diffusion ODEs), plain squared error',
-        'objective': 'mean over training latents of |x_K - x_ref|^2, x_ref the reference PF-ODE endpoint '
-                     '(art.metrics.reference_endpoints) of the same latents',
-        'parametrisation': f'sigma^(1/{grids.RHO:g}) from sigma_max to 0 by K increments v_0 softmax(z), K free logits',
-        'init': {'discretization': init, 'candidates_training_rms': {k: math.sqrt(v[0]) for k, v in starts.items()},
-                 'candidates_holdout_rms': {k: math.sqrt(v[2]) for k, v in starts.items()},
-                 'rule': 'start from the candidate grid with the lowest training rms', 'start': start_name,
-                 'sigmas': grid_from_logits(starts[start_name][1], sigma_max).tolist()},
-        'num_steps_built_for': int(num_steps), 'iterations': int(iters) if num_steps > 1 else 0,
-        'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': batch_size,
-        'latents': {'num': num_latents, 'seeds': f'{first_seed}-{first_seed + num_latents - 1}',
-                    'sigma_max': sigma_max},
-        'holdout': {'num': num_holdout,
-                    'seeds': f'{first_seed + num_latents}-{first_seed + num_latents + num_holdout - 1}',
-                    'eval_every': eval_every, 'returned': best_where,
-                    'loss_history': [row[0] for row in scored if not isinstance(row[2], str)]},
-        'seed': seed, 'returned': 'lowest held-out loss among the candidate starts and the scored iterates (every '
-                                  'eval_every, final)',
-        'reference': ('exact (DOP853, rtol 1e-11)' if analytic
-                      else f'{reference_solver}, EDM rho=7 grid, {reference_steps} steps'),
-        'final_training_loss': best_loss, 'start_training_loss': start_loss,
-        'loss_history_every_10': history[::10],
-        'cost': {'forward_evals': forward_evals, 'backward_evals': backward_evals,
-                 'reference_forward_evals': None if analytic else (num_latents + num_holdout) * nfe(
-                     reference_steps, reference_solver),
-                 'reference_cpu_seconds': round(reference_cpu, 3),
-                 'cpu_seconds': round(time.process_time() - cpu0, 3),
-                 'wall_seconds': round(time.perf_counter() - wall0, 3)},
-        'code_version': code_version(),
-    }
+    provenance = method_provenance(network, provenance_fields(result, loss, init, iters, lr, eval_every, seed),
+                                   dict(loss.cost(), **watch.seconds()))
     metrics = {'train_rms': math.sqrt(best_loss), 'train_rms_start': math.sqrt(start_loss),
                'holdout_rms': math.sqrt(best_holdout), 'holdout_rms_start': math.sqrt(start_holdout)}
     return Schedule('direct', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,

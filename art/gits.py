@@ -20,19 +20,17 @@ latent. The dynamic programme is O(K fine_steps^2) on the cost matrix and needs 
 """
 
 import dataclasses
-import time
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 from art.latents import TRAIN_SEED_BASE, training_latents
-from art.schedules import Schedule, clock_from_grid, code_version
+from art.schedules import Schedule, Stopwatch, clock_from_grid, method_provenance
 from edm import grids
 from edm.grids import check_choice
+from edm.sampler import SOLVER_STEPS, euler_step
 from torch_utils.misc import module_device
-
-
 
 def min_cost_path(cost: np.ndarray, num_steps: int) -> Tuple[list, float]:
     """The path 0 = n_0 < ... < n_K = L-1 minimising sum_k cost[n_k, n_(k+1)] over an L x L matrix (i < j used)."""
@@ -74,45 +72,40 @@ def jump_costs(net: torch.nn.Module, sigmas: np.ndarray, latents: torch.Tensor, 
     cost = np.full((levels, levels), np.inf)
     cost[np.triu_indices(levels, k=1)] = 0.0
     evals = 0
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        return net(x, sigma, labels).to(torch.float64)
+    heun, jump = SOLVER_STEPS['heun'], SOLVER_STEPS[solver]
 
     with torch.no_grad():
         for start in range(0, num, batch_size):
             x = latents[start:start + batch_size].to(torch.float64) * s[0]
             c = None if class_labels is None else class_labels[start:start + batch_size]
-            n = x.shape[0]
+
+            def field(x: torch.Tensor, sigma: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+                nonlocal evals
+                evals += len(x)
+                return (x - net(x, sigma, labels).to(torch.float64)) / sigma.reshape(-1, *[1] * (x.ndim - 1))
+
+            def f(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                """The field at x [n, ...] and one level, as the samplers call, or at x [J, n, ...] and levels
+                [J, 1, ...], batch_size rows a call."""
+                if sigma.ndim == 0:
+                    return field(x, sigma, c)
+                flat, levels_flat = x.reshape(-1, *x.shape[2:]), sigma.reshape(-1, 1).expand(x.shape[:2]).reshape(-1)
+                labels = None if c is None else c.repeat(x.shape[0], *[1] * (c.ndim - 1))
+                return torch.cat([field(flat[k:k + batch_size], levels_flat[k:k + batch_size],
+                                        None if labels is None else labels[k:k + batch_size])
+                                  for k in range(0, len(flat), batch_size)]).reshape(x.shape)
+
             states, fields = [x], []
             for i in range(levels - 1):             # the teacher: Heun, last step (to 0) Euler
-                f = (x - denoise(x, s[i], c)) / s[i]
-                h = s[i + 1] - s[i]
-                if i == levels - 2:
-                    x = x + h * f
-                    evals += n
-                else:
-                    f_next = (x + h * f - denoise(x + h * f, s[i + 1], c)) / s[i + 1]
-                    x = x + 0.5 * h * (f + f_next)
-                    evals += 2 * n
+                fields.append(f(x, s[i]))
+                x = heun(f, x, s[i], s[i + 1], fields[-1])
                 states.append(x)
-                fields.append(f)
             teacher = torch.stack(states)           # [levels, n, ...]
-            for i in range(levels - 1):
-                h = (s[i + 1:] - s[i]).reshape(-1, *[1] * x.ndim)          # [levels-1-i, 1, ...]
-                euler = teacher[i] + h * fields[i]
-                if solver == 'heun' and i < levels - 2:                    # jumps to sigma_j > 0 get the corrector
-                    pred, sig = euler[:-1], s[i + 1:-1]
-                    flat = pred.reshape(-1, *x.shape[1:])
-                    sig_flat = sig.repeat_interleave(n)
-                    labels = None if c is None else c.repeat(len(sig), *[1] * (c.ndim - 1))
-                    d_pred = torch.cat([denoise(flat[k:k + batch_size], sig_flat[k:k + batch_size],
-                                                None if labels is None else labels[k:k + batch_size])
-                                        for k in range(0, len(flat), batch_size)]).reshape(pred.shape)
-                    f_pred = (pred - d_pred) / sig.reshape(-1, *[1] * x.ndim)
-                    heun = teacher[i] + 0.5 * h[:-1] * (fields[i] + f_pred)
-                    euler = torch.cat([heun, euler[-1:]])
-                    evals += len(flat)
-                err = (teacher[i + 1:] - euler).flatten(2).square().sum(2).sum(1)     # sum over the batch
+            for i in range(levels - 1):             # one step from level i to every j > i; the step to 0 is Euler
+                s_j = s[i + 1:-1].reshape(-1, *[1] * x.ndim)                # [levels-2-i, 1, ...]
+                steps = [jump(f, teacher[i], s[i], s_j, fields[i])] if i < levels - 2 else []
+                steps.append(euler_step(f, teacher[i], s[i], s[-1], fields[i]).unsqueeze(0))
+                err = (teacher[i + 1:] - torch.cat(steps)).flatten(2).square().sum(2).sum(1)   # sum over the batch
                 cost[i, i + 1:] += err.cpu().numpy() / num
     return cost, evals
 
@@ -126,8 +119,7 @@ class GitsTable:
     num_latents: int
     first_seed: int
     forward_evals: int
-    cpu_seconds: float
-    wall_seconds: float
+    seconds: dict            # CPU and wall seconds (Stopwatch.seconds)
 
 
 def gits_table(net: torch.nn.Module, solver: str = 'euler', fine_steps: int = 100, num_latents: int = 256,
@@ -136,13 +128,12 @@ def gits_table(net: torch.nn.Module, solver: str = 'euler', fine_steps: int = 10
     every K (each K is a shortest path through the same matrix)."""
     if num_latents < 1 or batch_size < 1:
         raise ValueError(f'need num_latents >= 1 and batch_size >= 1, got {num_latents}, {batch_size}')
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    watch = Stopwatch()
     fine = teacher_grid(net, fine_steps, sigma_max)
     first_seed = TRAIN_SEED_BASE + seed
     latents, labels = training_latents(net, num_latents, first_seed, module_device(net))
     cost, evals = jump_costs(net, fine, latents, labels, solver, batch_size)
-    return GitsTable(fine, cost, solver, num_latents, first_seed, evals, round(time.process_time() - cpu0, 3),
-                     round(time.perf_counter() - wall0, 3))
+    return GitsTable(fine, cost, solver, num_latents, first_seed, evals, watch.seconds())
 
 
 def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
@@ -159,8 +150,7 @@ def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] =
     path, total = min_cost_path(table.cost, int(num_steps))
     sigmas = table.fine[path]
     num, first = table.num_latents, table.first_seed
-    provenance = {
-        'network': network,
+    provenance = method_provenance(network, {
         'method_source': 'GITS (Chen et al. 2024, On the Trajectory Regularity of ODE-based Diffusion Sampling)',
         'objective': 'min over K-jump subsequences of the teacher grid of sum_k cost(n_k -> n_k+1), cost(i -> j) = '
                      'mean over latents |x_teacher(sigma_j) - one solver step from x_teacher(sigma_i)|^2',
@@ -169,12 +159,9 @@ def gits_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] =
         'num_steps_built_for': int(num_steps), 'path': path, 'path_cost': total,
         'latents': {'num': num, 'seeds': f'{first}-{first + num - 1}', 'sigma_max': float(table.fine[0])},
         'seed': first - TRAIN_SEED_BASE,
-        'cost': {'forward_evals': table.forward_evals, 'forward_evals_per_latent': table.forward_evals / num,
-                 'definition': 'per-sample network forward passes of the table (one table serves every K): teacher '
-                               '2 fine_steps - 1 per latent, plus for Heun fine_steps (fine_steps - 1)/2 corrector '
-                               'evaluations per latent',
-                 'cpu_seconds': table.cpu_seconds, 'wall_seconds': table.wall_seconds},
-        'code_version': code_version(),
-    }
+    }, {'forward_evals': table.forward_evals, 'forward_evals_per_latent': table.forward_evals / num,
+        'definition': 'per-sample network forward passes of the table (one table serves every K): teacher '
+                      '2 fine_steps - 1 per latent, plus for Heun fine_steps (fine_steps - 1)/2 corrector '
+                      'evaluations per latent', **table.seconds})
     return Schedule('gits', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,
                     metrics={'path_cost': total})

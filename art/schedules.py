@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -173,6 +174,24 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return 'unknown'
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else 'unknown'
+
+
+class Stopwatch:
+    """CPU seconds of this process and wall seconds since it was made: the time a method's work cost."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+
+    def seconds(self, digits: int = 3, cpu: str = 'cpu_seconds', wall: str = 'wall_seconds') -> dict:
+        """The provenance's time fields so far, {cpu: CPU seconds, wall: wall seconds}, rounded to `digits`."""
+        return {cpu: round(time.process_time() - self.cpu0, digits),
+                wall: round(time.perf_counter() - self.wall0, digits)}
+
+
+def method_provenance(network: Optional[str], fields: dict, cost: dict) -> dict:
+    """A schedule method's provenance: the network it was made for, the method's own fields, its cost (network
+    evaluations and a Stopwatch's seconds) and the code version."""
+    return {'network': network, **fields, 'cost': cost, 'code_version': code_version()}
 
 
 @dataclasses.dataclass
