@@ -1,4 +1,5 @@
 """edm/cli.py: the checks every command line makes before any work (output locations, sigma range, name lists)."""
+import errno
 import os
 import tempfile
 
@@ -7,7 +8,10 @@ import pytest
 
 from art.analytic import load_analytic
 from dnnlib.util import UserError
-from edm.cli import check_output_dir, check_output_file, check_sigma_range, name_list_callback
+from edm import grids
+from edm.cli import (MAX_LIST_LEN, SEED, STEPS, Command, check_output_dir, check_output_file, check_sigma_range,
+                     name_list_callback, parse_seeds, steps_callback)
+from edm.rng import MAX_SEED
 
 
 @pytest.fixture
@@ -86,3 +90,46 @@ def test_sigma_range():
     check_sigma_range(2.0, None, net=None)
     with pytest.raises(UserError, match="clamped to the network's range"):
         check_sigma_range(5.0, None, net=net)
+
+
+def test_steps_and_seeds_are_bounded():
+    assert steps_callback()(None, None, f'1,{grids.MAX_STEPS}') == [1, grids.MAX_STEPS]
+    assert parse_seeds(None, None, f'0,{MAX_SEED}') == [0, MAX_SEED]
+    for callback, value, words in [(steps_callback(), f'{grids.MAX_STEPS + 1}', 'steps must be integers <= 10,000'),
+                                   (parse_seeds, f'{MAX_SEED + 1}', 'seeds must be integers <= 9,223,372,036,854,775,807'),
+                                   (parse_seeds, '0-99999999999', f'more than {MAX_LIST_LEN:,} integers')]:
+        with pytest.raises(click.BadParameter, match=words):     # the range is refused before it is expanded
+            callback(None, None, value)
+    assert STEPS.convert(grids.MAX_STEPS, None, None) == grids.MAX_STEPS and SEED.convert(MAX_SEED, None, None)
+    for kind, value in [(STEPS, grids.MAX_STEPS + 1), (STEPS, 0), (SEED, MAX_SEED + 1), (SEED, -1)]:
+        with pytest.raises(click.BadParameter, match='not in the range'):
+            kind.convert(value, None, None)
+
+
+def test_output_file_refuses_a_device():
+    if not os.path.exists(os.devnull):
+        pytest.skip('no null device')
+    with pytest.raises(UserError, match=f'--out: {os.devnull} is not a regular file'):   # a rename would replace it
+        check_output_file(os.devnull, '--out')
+
+
+@pytest.mark.parametrize('filename, words', [('out/000001.png', 'No space left on device writing out/000001.png; '),
+                                             (None, 'No space left on device; free some space')])
+def test_a_full_disk_is_one_line(capsys, filename, words):
+    @click.command(cls=Command)
+    def full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    with pytest.raises(SystemExit) as exit_info:
+        full.main([])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith(f'error: {words}') and err.count('\n') == 1
+
+
+def test_other_os_errors_are_not_disguised():
+    @click.command(cls=Command)
+    def broken():
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(OSError, match='Input/output error'):       # a fault, not a user's mistake: the traceback
+        broken.main([])

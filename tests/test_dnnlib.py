@@ -1,4 +1,5 @@
 """dnnlib: EasyDict, parse_int_list, import by name, cache directories and open_url (offline, loopback only)."""
+import errno
 import hashlib
 import http.server
 import io
@@ -65,6 +66,14 @@ def test_parse_int_list_returns_lists_unchanged():
 def test_parse_int_list_rejects_malformed(text):
     with pytest.raises(ValueError, match='invalid integer list'):
         util.parse_int_list(text)
+
+
+def test_parse_int_list_max_len_is_checked_before_expanding():
+    assert util.parse_int_list('0-4,7', max_len=6) == [0, 1, 2, 3, 4, 7]
+    with pytest.raises(ValueError, match='holds more than 5 integers'):
+        util.parse_int_list('0-2,3-5', max_len=5)
+    with pytest.raises(ValueError, match='more than 1,000 integers'):
+        util.parse_int_list('0-999999999999999', max_len=1000)     # would not fit in memory if expanded
 
 
 def test_parse_int_list_descending_range_message():
@@ -310,3 +319,15 @@ def test_atomic_write_gives_the_umask_mode(tmp_path, umask, mode):
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == mode     # what open() would give: 0666 less the umask
     assert os.listdir(tmp_path) == ['f.txt']           # no temporary file left beside it
+
+
+def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path):
+    def full(f):
+        f.write(b'partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))      # as a write to a full disk fails: no file name
+
+    path = str(tmp_path / 'f.bin')
+    with pytest.raises(OSError) as info:
+        util.atomic_write(path, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == path
+    assert os.listdir(tmp_path) == []

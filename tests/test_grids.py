@@ -128,6 +128,7 @@ def test_default_ranges(disc, expected):
     (lambda: grids.make_sigmas('edm', 0), 'num_steps'),
     (lambda: grids.make_sigmas('edm', 2.5), 'num_steps'),
     (lambda: grids.make_sigmas('edm', True), 'num_steps'),
+    (lambda: grids.make_sigmas('edm', grids.MAX_STEPS + 1), r'num_steps must be an integer in \[1, 10000\]'),
     (lambda: grids.edm_sigmas(5, 80, 1), 'sigma_min < sigma_max'),
     (lambda: grids.uniform_sigmas(5, -1, 80), 'sigma_min < sigma_max'),
     (lambda: grids.edm_sigmas(5, 0.002, float('inf')), 'sigma_max < inf'),

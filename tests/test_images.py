@@ -1,6 +1,10 @@
 """edm.images: pixel conversion, file naming and the grid picture."""
+import errno
+import os
+
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 
 from edm.images import image_grid, image_path, save_images, to_uint8
@@ -28,3 +32,15 @@ def test_save_images_modes_and_grid(tmp_path):
     assert PIL.Image.open(paths[0]).mode == 'RGB' and not list((tmp_path / 'c').glob('.tmp-*'))
     grid = image_grid(rgb)
     assert grid.size == (8, 8) and grid.mode == 'RGB'
+
+
+def test_a_full_disk_names_the_image_and_leaves_no_part_of_it(tmp_path, monkeypatch):
+    def full(image, f, format=None):
+        f.write(b'\x89PNG partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PIL.Image.Image, 'save', full)
+    with pytest.raises(OSError) as info:
+        save_images(torch.zeros(2, 1, 4, 4), [3, 4], str(tmp_path))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == image_path(str(tmp_path), 3)
+    assert os.listdir(tmp_path) == []
