@@ -1,8 +1,9 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# Two entry points: `make demo` and `make test`. Both create .venv on first use (so does `make gpu-check`, the GPU
+# readiness check: one line and nothing done on a machine without CUDA).
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: test demo venv clean
+.PHONY: test demo gpu-check venv clean
 
 venv: $(VENV_STAMP)
 
@@ -18,6 +19,9 @@ test: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
 	$(PY) -m art.demo --steps=10 --outdir=demo-out
+
+gpu-check: $(VENV_STAMP)
+	PYTHON=$(PY) scripts/gpu_check.sh
 
 clean:
 	rm -rf .venv demo-out
