@@ -78,19 +78,26 @@ def side_by_side(panels: List[PIL.Image.Image], gap: int = 16) -> PIL.Image.Imag
     return canvas
 
 
-def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str = 'euler') -> Dict:
-    """Sample `seeds` with the ART schedule and EDM's grid; write the comparison; return the measured errors."""
-    net = load_network_spec(network)
-    schedules = {'edm': baseline_schedule('edm', num_steps, net=net), 'art': art_schedule(network, net, num_steps)}
-    latents, labels, _ = seed_latents(net, seeds)
+def common_start(schedules: Dict[str, Schedule]) -> float:
+    """sigma_T of EDM's grid, where every schedule must start (within START_RTOL) to sample the same x(T)."""
     sigma_T = float(schedules['edm'].sigmas[0])
-    reference = metrics.reference_endpoints(net, latents, sigma_T, labels, steps=REFERENCE_STEPS)
-    reference_name = 'exact ODE solution' if isinstance(net, AnalyticModel) else f'Heun, {REFERENCE_STEPS} steps'
-    results, panels = {}, []
     for name, schedule in schedules.items():
         if not math.isclose(float(schedule.sigmas[0]), sigma_T, rel_tol=START_RTOL):
             raise UserError(f'the {name} schedule starts at sigma = {schedule.sigmas[0]:g}, not at EDM\'s '
                             f'{sigma_T:g}: the two would not sample the same x(T); use a network both fit')
+    return sigma_T
+
+
+def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str = 'euler') -> Dict:
+    """Sample `seeds` with the ART schedule and EDM's grid; write the comparison; return the measured errors."""
+    net = load_network_spec(network)
+    schedules = {'edm': baseline_schedule('edm', num_steps, net=net), 'art': art_schedule(network, net, num_steps)}
+    sigma_T = common_start(schedules)
+    latents, labels, _ = seed_latents(net, seeds)
+    reference = metrics.reference_endpoints(net, latents, sigma_T, labels, steps=REFERENCE_STEPS)
+    reference_name = 'exact ODE solution' if isinstance(net, AnalyticModel) else f'Heun, {REFERENCE_STEPS} steps'
+    results, panels = {}, []
+    for name, schedule in schedules.items():
         x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
         save_images(x, seeds, os.path.join(outdir, name))
         results[name] = dict(method=schedule.method, sigmas=schedule.sigmas.tolist(), rms=metrics.rms_error(x, reference))

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from art import bench
 from art.analytic import write_random_gmm
 from art.schedules import Schedule, save_schedule
 from conftest import ROOT, cli_error
@@ -74,3 +75,21 @@ def test_cli_on_a_guided_edm2_network(tmp_path):
     assert 'decoded by its encoder' in line
     line = cli_error(['-m', 'art.bench', f'--network={net}', '--guidance=2', '--steps=2', '--schedules=edm'])
     assert '--guidance needs a guiding network' in line
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--network=analytic:gmm:{mix}', '--metric=w2'], 'exact only for Gaussian models'),   # after loading, before work
+    (['--num=100000', '--repeats=2'], '200,000 latents, more than 100,000'),
+    (['--repeats=101'], "'--repeats': 101 is not in the range 1<=x<=100"),
+    (['--seed=9223372036854775807'], 'the latents\' seeds would pass 9,223,372,036,854,775,807'),
+    (['--seed=9223372036854775808'], "'--seed': 9223372036854775808 is not in the range"),
+    (['--steps=2,10001'], 'steps must be integers <= 10,000'),
+])
+def test_bad_sizes_and_metrics_are_one_line_in_process(tmp_path, capsys, args, words):
+    write_random_gmm(tmp_path / 'mix.npz', k=2, shape=(1, 2, 2))
+    with pytest.raises(SystemExit) as info:
+        bench.main.main(['--network=analytic:gauss1d', '--steps=2', '--schedules=edm', f'--out={tmp_path / "r.json"}']
+                        + [a.format(mix=tmp_path / 'mix.npz') for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['mix.npz']

@@ -2,9 +2,13 @@
 import json
 import os
 
+import numpy as np
 import PIL.Image
+import pytest
 
-from art.demo import run_demo
+from art.demo import common_start, main, run_demo
+from art.schedules import Schedule
+from dnnlib.util import UserError
 from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 
 
@@ -18,3 +22,28 @@ def test_demo_writes_comparison_and_art_beats_edm(tmp_path):
     assert sorted(os.listdir(tmp_path / 'art')) == ['000000.png', '000001.png', '000002.png', '000003.png']
     comparison = PIL.Image.open(tmp_path / 'comparison.png')
     assert comparison.width > 3 * 2 * 32 and comparison.height > 2 * 32
+
+
+def test_grids_starting_one_ulp_apart_share_their_start():
+    ulp_off = np.nextafter(3.0, 4.0)                     # where the 1-D closed form lands: 3.000000000000001
+    edm = Schedule('edm', [3.0, 1.0, 0.0])
+    assert common_start({'edm': edm, 'art': Schedule('closed-form', [ulp_off, 1.5, 0.0])}) == 3.0
+    with pytest.raises(UserError, match="the art schedule starts at sigma = 3.00001, not at EDM's 3"):
+        common_start({'edm': edm, 'art': Schedule('closed-form', [3.00001, 1.5, 0.0])})
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--outdir={file}'], '--outdir: {file} is a file, not a folder'),            # checked before any sampling
+    (['--outdir={file}/sub'], '{file} is a file, not a folder'),
+    (['--seeds=0-1024'], '--seeds gives 1,025 seeds, more than the 1024'),
+    (['--steps=10001'], "'--steps': 10001 is not in the range 1<=x<=10000"),
+    (['--seeds=9223372036854775808'], 'seeds must be integers <= 9,223,372,036,854,775,807'),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
+    paths = dict(file=tmp_path / 'file')
+    paths['file'].write_text('x')
+    with pytest.raises(SystemExit) as info:
+        main.main(['--network=analytic:gauss1d', f'--outdir={tmp_path / "out"}'] + [a.format(**paths) for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words.format(**paths) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']

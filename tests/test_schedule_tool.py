@@ -1,5 +1,6 @@
 """`python -m art.schedule_tool`: export (exact round-trips, resampling) and show (table + PNG), one-line errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -104,6 +105,8 @@ def test_show_several_files_and_baselines(sched_file, tmp_path):
     (['export', '{good}', '--format=npz'], "Invalid value for '--format'"),
     (['export', '{missing}', '--format=list'], 'cannot read schedule file'),
     (['export', '{good}', '--format=list', '--steps=0'], "Invalid value for '--steps'"),
+    (['export', '{good}', '--format=list', '--steps=999999999'], 'not in the range 1<=x<=10000'),   # K <= MAX_STEPS
+    (['show', '{good}', '--out={txt}'], "'--out': {txt} does not end in .png; show writes a PNG picture"),
     (['show', '{bad}'], 'sigmas must be strictly descending'),
     (['show', '{good}', '--baselines=edm,nope'], "unknown baseline 'nope'"),
 ])
@@ -112,10 +115,22 @@ def test_errors_are_one_line(sched_file, tmp_path, args, message):
     data = json.loads(open(sched_file).read())
     data['sigmas'] = [80.0, 90.0, 1.0, 0.5, 0.0]
     bad.write_text(json.dumps(data))
-    paths = dict(bad=bad, good=sched_file, missing=tmp_path / 'missing.json')
+    paths = dict(bad=bad, good=sched_file, missing=tmp_path / 'missing.json', txt=tmp_path / 'x.txt')
     result = invoke(*[a.format(**paths) for a in args])
     assert result.exit_code != 0 and result.stdout == ''
-    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1 and message in result.stderr
+    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1
+    assert message.format(**paths) in result.stderr and not paths['txt'].exists()
+
+
+def test_export_to_a_full_stdout_is_one_line(sched_file, monkeypatch, capsys):
+    if not os.path.exists('/dev/full'):
+        pytest.skip('no /dev/full here')
+    with open('/dev/full', 'w') as full:
+        monkeypatch.setattr(sys, 'stdout', full)
+        with pytest.raises(SystemExit) as info:
+            cli.main.main(['export', sched_file, '--format=list'])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err == 'error: No space left on device; free some space or write elsewhere\n'
 
 
 def test_cli_subprocess_bad_file(tmp_path):
