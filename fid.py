@@ -22,7 +22,8 @@ from torch_utils import distributed as dist
 
 _detector_option = click.option(
     '--detector', help='Inception: NVIDIA pickle URL/path, TorchScript file, or "offline"; or "lenet" (Fashion-MNIST '
-    'classifier, 28x28; "lenet:PATH" for other weights)  [default: NVIDIA pickle]',
+    'classifier, 28x28; "lenet:PATH" for other weights). A pickle is loaded as upstream does, which RUNS THE CODE IN '
+    'IT: give only pickles you trust  [default: NVIDIA pickle]',
     metavar='URL|PATH|offline|lenet', type=str, default=fid.NVIDIA_DETECTOR_URL)
 _partial_option = click.option(
     '--partial', help='Save the running statistics to this file every 50 batches and resume from it when it exists '

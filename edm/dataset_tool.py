@@ -228,22 +228,36 @@ class _Writer:
             self.zf = None
 
     def write(self, fname: str, data: bytes) -> None:
-        if self.zf is not None:
-            self.zf.writestr(fname, data)
-        else:
-            path = os.path.join(self.dest, fname)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'wb') as f:
-                f.write(data)
+        """Add one file; an OSError (a full disk) names the file or zip it was writing."""
+        path = self.dest if self.zf is not None else os.path.join(self.dest, fname)
+        try:
+            if self.zf is not None:
+                self.zf.writestr(fname, data)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'wb') as f:
+                    f.write(data)
+        except OSError as exc:
+            exc.filename = exc.filename or path
+            raise
 
     def commit(self) -> None:
+        """Finish the zip (its central directory) and rename it onto dest."""
         if self.zf is not None:
-            self.zf.close()
+            try:
+                self.zf.close()
+            except OSError as exc:
+                exc.filename = exc.filename or self.dest
+                raise
             os.replace(self.tmp, self.dest)
 
     def abort(self) -> None:
+        """Remove everything written so far."""
         if self.zf is not None:
-            self.zf.close()
+            try:
+                self.zf.close()
+            except (OSError, ValueError):   # the disk that refused a write may refuse the zip's directory too
+                pass
             if os.path.exists(self.tmp):
                 os.remove(self.tmp)
         elif self.made_folder:

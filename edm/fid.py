@@ -261,6 +261,8 @@ def detector_features(detector: Any, images: torch.Tensor) -> torch.Tensor:
     if not isinstance(features, torch.Tensor) or features.shape != (images.shape[0], dim):
         shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise UserError(f'the detector returned {shape}, expected features of shape [{images.shape[0]}, {dim}]')
+    if not torch.isfinite(features).all():
+        raise UserError('the detector returned NaN or infinite features; check the detector file')
     return features.to(torch.float64)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -367,6 +369,10 @@ class FeatureStats:
         if str(saved['key']) != json.dumps(key, sort_keys=True) or saved['mu_sum'].shape != self.mu_sum.shape:
             raise UserError(f'partial statistics {path} belong to other inputs ({saved["key"]}); delete it or '
                             f'give another --partial')
+        if saved['s_sum'].shape != self.s_sum.shape or saved['num'] < 0 or saved['batches_done'] < 0 or \
+                not (np.isfinite(saved['mu_sum']).all() and np.isfinite(saved['s_sum']).all()):
+            raise UserError(f'partial statistics {path} are damaged (NaN, infinity, or sizes that do not fit); '
+                            f'delete it to start again')
         self.num = int(saved['num'])
         self.mu_sum.copy_(torch.from_numpy(saved['mu_sum']))
         self.s_sum.copy_(torch.from_numpy(saved['s_sum']))

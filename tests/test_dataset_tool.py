@@ -1,4 +1,5 @@
 """dataset_tool (docs/edm-compat.md §7.4): label round trips, MNIST-format IDX padding, layout, errors."""
+import errno
 import gzip
 import json
 import os
@@ -175,3 +176,49 @@ def test_failed_conversion_into_a_folder_leaves_it_as_it_was(tmp_path, existing)
     with pytest.raises(UserError, match='differs from the first image'):
         convert_dataset(str(src), str(dest), progress=False)
     assert (dest.is_dir() and os.listdir(dest) == []) if existing else not dest.exists()
+
+
+class _FullDisk:
+    """A file that takes `room` bytes and then fails as a full disk does (every later write too)."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize('dest_name', ['out.zip', 'out'])
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, dest_name):
+    from edm import dataset_tool
+    _images(tmp_path / 'src', [f'{k}.png' for k in range(4)])
+    real_zip, real_open = zipfile.ZipFile, open
+
+    class FullZip(real_zip):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.fp = _FullDisk(self.fp, 600)                   # about two 8x8 PNGs; the central directory fails too
+
+    def full_open(path, mode='r', *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return _FullDisk(f, 0) if 'img00000002' in str(path) else f
+    monkeypatch.setattr(dataset_tool.zipfile, 'ZipFile', FullZip)
+    monkeypatch.setattr(dataset_tool, 'open', full_open, raising=False)
+    with pytest.raises(SystemExit) as info:
+        dataset_tool.main.main([f'--source={tmp_path / "src"}', f'--dest={tmp_path / dest_name}'])
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith('error: No space left on device writing ' + str(tmp_path / dest_name)), lines
+    assert sorted(os.listdir(tmp_path)) == ['src']                  # no partial zip, temporary file or folder

@@ -3,6 +3,7 @@ one-line errors of the CLI, and an offline end-to-end run with the TorchScript I
 
 Nothing here downloads: detectors are local files, and CLI subprocesses get an unreachable proxy and a private cache.
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -228,6 +229,37 @@ def test_partial_statistics_resume_to_the_same_sums(small_images, tmp_path):
                                       partial=partial)
 
 
+class MeanColour:
+    """A cheap detector with 3 features: the mean of each colour channel (times `scale`)."""
+    feature_dim = 3
+    scale = 1.0
+
+    def __call__(self, images, return_features=True):
+        return images.to(torch.float64).mean(dim=(2, 3)) * self.scale
+
+
+@pytest.mark.parametrize('damage', ['nan', 'inf', 'shape', 'count'])
+def test_damaged_partial_statistics_are_refused(small_images, tmp_path, damage):
+    partial = str(tmp_path / 'run.partial.npz')
+    key = dict(images=os.path.abspath(small_images), num_images=13, seed=0, batch=2, detector='MeanColour')
+    stats = fid.FeatureStats(dim=3)
+    stats.num = -2 if damage == 'count' else 2
+    stats.mu_sum[0] = {'nan': np.nan, 'inf': np.inf}.get(damage, 0)
+    if damage == 'shape':
+        stats.s_sum = stats.s_sum[:2]
+    stats.save(partial, key, 1)
+    with pytest.raises(UserError, match='are damaged'):                # not an FID of nan with exit code 0
+        fid.calculate_inception_stats(str(small_images), detector=MeanColour(), max_batch_size=2, progress=False,
+                                      partial=partial)
+
+
+def test_non_finite_features_are_refused(small_images):
+    detector = MeanColour()
+    detector.scale = np.inf
+    with pytest.raises(UserError, match='NaN or infinite features'):
+        fid.calculate_inception_stats(str(small_images), detector=detector, max_batch_size=5, progress=False)
+
+
 def test_grayscale_images_are_repeated_to_three_channels(tmp_path):
     gray = write_images(tmp_path / 'g', [np.full((8, 8), v, np.uint8) for v in (0, 100, 200)])
     seen = []
@@ -280,6 +312,7 @@ def test_reference_round_trip(tmp_path):
     (dict(mu=np.zeros(2048)), 'lack sigma'),
     (dict(mu=np.zeros(64), sigma=np.eye(64)), 'expected (2048,)'),
     (dict(mu=np.zeros(2048), sigma=np.full((2048, 2048), np.nan)), 'NaN'),
+    (dict(mu=np.full(2048, np.inf), sigma=np.eye(2048)), 'infinity'),
     (None, 'cannot read'),
 ])
 def test_bad_reference_files_are_refused(tmp_path, content, message):
@@ -342,6 +375,40 @@ def test_ref_dest_is_checked_before_the_statistics(small_images, fake_detector, 
     line = cli_error([ROOT / 'fid.py', 'ref', f'--data={small_images}', f'--dest={tmp_path / "file" / "ref.npz"}',
                       f'--detector={fake_detector}', '--device=cpu'], cwd=tmp_path)
     assert 'is a file, not a folder' in line and 'choose another path' in line
+
+
+def _fid_cli():
+    """The command line fid.py as a module (its name collides with edm.fid)."""
+    spec = importlib.util.spec_from_file_location('fid_cli', ROOT / 'fid.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('command', ['calc', 'ref'])
+def test_detector_help_warns_that_a_pickle_runs_code(command):
+    from click.testing import CliRunner
+    result = CliRunner().invoke(_fid_cli().main, [command, '--help'], terminal_width=1000)
+    assert result.exit_code == 0 and 'RUNS THE CODE IN IT' in ' '.join(result.output.split())
+
+
+def test_ref_on_a_full_disk_is_one_line_and_leaves_no_file(small_images, fake_detector, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full_disk(f, **arrays):
+        f.write(b'half an npz')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    cli = _fid_cli()
+    monkeypatch.setattr(cli, '_start', lambda: None)                     # no process group in this process
+    monkeypatch.setattr(fid.np, 'savez', full_disk)
+    dest = tmp_path / 'refs' / 'ref.npz'
+    with pytest.raises(SystemExit) as info:
+        cli.main.main(['ref', f'--data={small_images}', f'--dest={dest}', f'--detector={fake_detector}',
+                       '--device=cpu'])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f'error: No space left on device writing {dest}; free some space or write elsewhere'
+    assert os.listdir(dest.parent) == []                                 # no half-written statistics
 
 
 def test_default_detector_unreachable_suggests_offline(monkeypatch):

@@ -75,6 +75,31 @@ def test_bad_input_one_line_error_no_images(tmp_path, tiny_pkl, args, pattern):
     assert not outdir.exists() or not any(outdir.rglob('*.png'))
 
 
+def test_full_disk_is_one_line_and_keeps_only_whole_images(tmp_path, tiny_pkl, monkeypatch, capsys):
+    import errno
+    from edm import generate
+    real_save, saved = PIL.Image.Image.save, []
+
+    def save(image, fp, *args, **kwargs):
+        saved.append(image)
+        if len(saved) == 3:                                                  # the disk fills up in the third image
+            fp.write(b'half a png')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(image, fp, *args, **kwargs)
+    monkeypatch.setattr(PIL.Image.Image, 'save', save)
+    monkeypatch.setattr(generate.dist, 'init', lambda *args, **kwargs: None)     # no process group in this process
+    outdir = tmp_path / 'out'
+    with pytest.raises(SystemExit) as info:
+        generate.main.main([f'--network={tiny_pkl}', f'--outdir={outdir}', '--seeds=0-3', '--batch=2', '--steps=2',
+                            '--device=cpu'])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f'error: No space left on device writing {outdir / "000002.png"}; free some space or write elsewhere'
+    assert sorted(os.listdir(outdir)) == ['000000.png', '000001.png']    # whole images; no half-written or temp file
+    for name in ('000000.png', '000001.png'):
+        assert PIL.Image.open(outdir / name).size == (8, 8)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # EDM2 files: autoguidance and the encoder's decode.
 
