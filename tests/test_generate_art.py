@@ -7,6 +7,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import generate_art
+from art.analytic import load_analytic
 from art.schedules import Schedule, save_schedule
 from conftest import ROOT, cli_error
 from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
@@ -103,3 +105,26 @@ def test_edm2_bad_guide_is_one_line_and_writes_nothing(tmp_path, args, words):
                       f'--outdir={tmp_path / "out"}'] + [a.format(**paths) for a in args])
     assert words in line
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_schedule_far_below_the_network_range_gets_a_note(tmp_path, capsys):
+    save_schedule(Schedule('test', [0.2, 0.05, 0.0]), tmp_path / 'low.json')
+    net = load_analytic('analytic:gauss1d')                                  # T = 3: 0.2 is 15x below
+    schedule = generate_art.schedule_grid(str(tmp_path / 'low.json'), net, 'analytic:gauss1d', None)
+    assert schedule.num_steps == 2
+    assert capsys.readouterr().out == (f'Note: {tmp_path / "low.json"} starts at sigma = 0.2, far below the network\'s '
+                                       f'starting level 3: its samples begin with much less noise than the prior and '
+                                       f'may be poor.\n')
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--seeds=9223372036854775808'], 'seeds must be integers <= 9,223,372,036,854,775,807'),   # int64 of the seeds
+    (['--seeds=0-99999999999'], 'holds more than 10,000,000 integers'),
+    (['--steps=999999999'], "'--steps': 999999999 is not in the range 1<=x<=10000"),
+])
+def test_unbounded_sizes_are_one_line_before_any_work(tmp_path, capsys, args, words):
+    with pytest.raises(SystemExit) as info:                                  # refused by click, before dist.init
+        generate_art.main.main(['--network=analytic:gauss1d', f'--outdir={tmp_path / "out"}'] + args)
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words in err
+    assert os.listdir(tmp_path) == []
