@@ -4,8 +4,11 @@ import io
 import os
 import pickle
 import pickletools
+import re
+import resource
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -345,3 +348,81 @@ def test_networks_built_on_meta_load_the_same(monkeypatch, tmp_path):
     loaded = load_network_pkl(path)['ema']
     assert loaded.sigma_min == iddpm.sigma_min
     assert torch.equal(loaded(x, torch.tensor(1.5)), iddpm(x, torch.tensor(1.5)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rebuilding is bounded by the file and checked against it.
+
+@pytest.mark.parametrize('class_name, kwargs', [
+    ('Precond', dict(img_resolution=64, img_channels=3, label_dim=0, model_channels=512)),
+    ('EDMPrecond', dict(img_resolution=64, img_channels=3, model_type='SongUNet', model_channels=512)),
+    ('iDDPMPrecond', dict(img_resolution=64, img_channels=3, M=10**9)),
+])
+def test_small_file_asking_for_a_large_network_is_refused_without_building_it(tmp_path, class_name, kwargs):
+    # Built as asked, each of these would take gigabytes (or, iDDPM's 10^9 noise levels, hours).
+    state = dict(_init_args=(), _init_kwargs=kwargs, training=False, _parameters={}, _buffers={}, _modules={})
+    path = tmp_path / 'small.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=_persistent(class_name, '', state))))
+    assert path.stat().st_size < 500
+    peak, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(UserError, match=f'constructor arguments of {class_name} ask for a larger network than the '
+                                        f'weights in the file') as info:
+        load_network_pkl(str(path))
+    assert time.perf_counter() - start < 1.0 and '\n' not in str(info.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200 * 1024   # KiB: no new peak beyond 200 MB
+
+
+def _edited_pkl(tmp_path, net, **init_kwargs) -> str:
+    """A pickle of net whose record asks the constructor for other arguments than those its weights were made with."""
+    net._init_kwargs = dict(net._init_kwargs, **init_kwargs)
+    return write_network_pkl(tmp_path / 'edited.pkl', net)
+
+
+@pytest.mark.parametrize('init_kwargs, words', [
+    (dict(model_channels=8), r'of another shape or dtype \(model\.[^ ]+, [^ ]+, \.\.\.\): model\.[^ ]+ is \[\d+'),
+    (dict(num_blocks=2), r'(^|; )\d+ missing \(model\.enc\.'),
+    (dict(attn_resolutions=[]), r'^\d+ extra \(model\.enc\.4x4_block0\.norm2\.weight, '),
+])
+def test_weights_that_do_not_fit_the_constructor_are_refused_in_one_line(tmp_path, init_kwargs, words):
+    path = _edited_pkl(tmp_path, tiny_edm_net(), **init_kwargs)
+    with pytest.raises(UserError, match='the weights in the file do not fit EDMPrecond as its recorded constructor '
+                                        'arguments build it: ') as info:
+        load_network_pkl(path)
+    message = str(info.value).split('build it: ')[1]
+    assert '\n' not in message and re.search(words, message), message
+
+
+def test_recorded_attributes_are_applied_or_refused(tmp_path):
+    net = tiny_edm_net()
+    net.sigma_data, net.model.label_dropout, net.comment = 0.7, 0.25, 'edited'   # set after construction
+    loaded = load_network_pkl(write_network_pkl(tmp_path / 'net.pkl', net))['ema']
+    assert (loaded.sigma_data, loaded.model.label_dropout, loaded.comment) == (0.7, 0.25, 'edited')
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x, torch.tensor(2.0)), net(x, torch.tensor(2.0)))
+    for name, value, words in [('sigma_data', 'high', "EDMPrecond.sigma_data is recorded as str 'high', where our "
+                                                      "EDMPrecond holds float 0.5"),
+                               ('round_sigma', 1.0, 'EDMPrecond.round_sigma is recorded as float 1.0, where our '
+                                                    'EDMPrecond holds nothing'),
+                               ('img_channels', np.zeros(2, dtype=object), 'EDMPrecond.img_channels is recorded as '
+                                                                           'ndarray array([0, 0], dtype=object)')]:
+        edited = tiny_edm_net()
+        edited.__dict__[name] = value
+        with pytest.raises(UserError, match=re.escape(words)):
+            load_network_pkl(write_network_pkl(tmp_path / 'edited.pkl', edited))
+
+
+def test_embedded_code_that_would_run_is_noted_not_run(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / 'pwned'
+    ours = persistence._module_to_src(networks)
+    for source, note in [(ours, None), (ours + '\n# edited here\n', None),
+                         (f'import os\nos.system("touch {marker}")\n' + ours, 'runs statements when imported (line 2)'),
+                         ('class Other:\n    pass\n', 'does not define EDMPrecond'), ('def (', 'is not valid Python')]:
+        monkeypatch.setattr(networks.EDMPrecond, '_orig_module_src', source)
+        net = load_network_pkl(write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net()))['ema']
+        assert type(net) is networks.EDMPrecond and not marker.exists()
+        err = capsys.readouterr().err
+        if note is None:
+            assert err == ''
+        else:
+            assert err.count('\n') == 1 and err.startswith(f"note: the code embedded in '{tmp_path / 'net.pkl'}' for "
+                                                           f"EDMPrecond {note}; it was not run"), err
