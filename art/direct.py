@@ -20,8 +20,8 @@ begins from the best grid known; their cost is in their own methods' rows).
 
 Optimisation: Adam on z, learning rate cosine-annealed to 0; the loss is differentiated through an Euler/Heun rollout
 that calls the network at each level (edm.sampler's SOLVER_STEPS, as edm.sampler.sample with the linear schedule,
-no scaling, no churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state is float64
-(analytic models compute in float64 throughout).
+no scaling, no churn); gradients are taken with respect to z only (the network's parameters stay frozen); the state
+is float64 (analytic models compute in float64 throughout).
 
 Stopping by held-out error: num_holdout further latents (seeds after the training seeds, still disjoint from the
 benchmark's) score every candidate start, every eval_every-th iterate and the final one; the returned grid is the

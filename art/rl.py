@@ -122,6 +122,7 @@ class Learner:
     """
 
     Config: ClassVar[type[LearnerConfig]] = LearnerConfig
+    budget_stat: ClassVar[str] = 'psi_T_mean'   # the stats entry that is 1 when the time budget is spent exactly
 
     def __init__(self, net, cfg: LearnerConfig, rank: int = 0, device: torch.device | str = 'cpu',
                  reduce: Optional[Reduce] = None, world: int = 1):

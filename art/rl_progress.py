@@ -23,6 +23,7 @@ from art.error_density import error_density, field, q_norm
 from art.rl import ARTDivergence, Learner, LearnerConfig, mlp, trajectory_generator
 from art.schedules import Clock
 from edm import grids
+from edm.sampler import SOLVER_STEPS
 
 
 POOL_STREAM = 2 ** 32        # the `iteration` entry of the pool trajectories' generators: apart from every iteration
@@ -99,6 +100,7 @@ class ProgressLearner(Learner):
     likelihood-ratio actor with the expected-reward (or critic) baseline; the schedule is the learned clock t(psi)."""
 
     Config = ProgressConfig
+    budget_stat = 't_T_mean'        # E[t_T] / U: the time spent over the budget
 
     def __init__(self, net, cfg: ProgressConfig, **kwargs):
         super().__init__(net, cfg, **kwargs)
@@ -123,6 +125,11 @@ class ProgressLearner(Learner):
         sigma = self.levels(torch.arange(M + 1, dtype=torch.float64, device=self.device) * self.dpsi)
         floored = sigma.clamp(min=cfg.sigma_floor)
         speed2 = self.clock.speed2(sigma)                                        # 0 at sigma_M = 0
+        step = SOLVER_STEPS[cfg.path]
+
+        def d(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            return field(self.net, x, max(float(s), cfg.sigma_floor), labels)
+
         q_levels = []
         for k in range(M):
             f, Q = error_density(self.net, x, float(floored[k]), labels, mode=cfg.q_mode)
@@ -132,11 +139,7 @@ class ProgressLearner(Learner):
                                     f'sigma = {float(floored[k]):.4g}')
             if k + 1 == M:
                 break
-            h = float(sigma[k + 1] - sigma[k])
-            x_next = x + h * f.to(x)
-            if cfg.path == 'heun':
-                x_next = x + 0.5 * h * (f + field(self.net, x_next, float(floored[k + 1]), labels)).to(x)
-            x = x_next
+            x = step(d, x, sigma[k], sigma[k + 1], f)                            # first stage f, at the floor
         q_levels.append(torch.zeros_like(q_levels[-1]))                          # speed2 = 0: q = 0 at sigma_M = 0
         q = torch.stack(q_levels, dim=1)
         return (0.5 * (q[:, :-1] + q[:, 1:])).clamp(min=cfg.eps)
@@ -223,7 +226,7 @@ class ProgressLearner(Learner):
         actor_loss = -((coef - coef.mean()) * log_mu).sum()                      # gauge-fixed policy gradient on log mu
         with torch.no_grad():
             stats = dict(td_error=delta.pow(2).mean().sqrt(), reward=reward.sum(1).mean(),
-                         psi_T_mean=traj['t_T'].mean() / U, psi_T_std=traj['t_T'].std(unbiased=False) / U,
+                         t_T_mean=traj['t_T'].mean() / U, t_T_std=traj['t_T'].std(unbiased=False) / U,
                          theta_mean=theta.mean(), theta_std=theta.std(unbiased=False),
                          std_over_mu=torch.tensor(math.sqrt(math.exp(s * s) - 1.0), dtype=torch.float64),
                          mu_first=mu[0], mu_last=mu[-1], cost=traj['cost'].mean())

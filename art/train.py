@@ -33,7 +33,8 @@ from art.rl import ARTDivergence, Learner, LearnerConfig
 from art.rl_progress import ProgressLearner
 from art.rl_time import TimeLearner
 from art.plots import plot_schedules
-from art.schedules import Clock, Schedule, baseline_schedule, code_version, load_schedule, save_schedule
+from art.schedules import (Clock, Schedule, Stopwatch, baseline_schedule, load_schedule, method_provenance,
+                           save_schedule)
 from torch_utils import distributed as dist
 
 # The ART-RL presets: each names a learner, whose config's defaults are the preset's settings (docs/art-rl.md §4).
@@ -164,7 +165,7 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
         state = learner.state_dict()
         dnnlib.util.atomic_write(snapshot, lambda f: torch.save(state, f))
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    watch = Stopwatch()
     with tqdm.tqdm(total=cfg.iters, initial=learner.iteration, unit='it', desc=f'ART-RL {tag}',
                    disable=(not progress or rank != 0)) as bar:
         while learner.iteration < cfg.iters:
@@ -178,12 +179,11 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
             stats_log.append(dict(learner=tag, **stats, sec_per_iter=round(time.perf_counter() - start, 5),
                                   timestamp=time.time()))
             bar.update(1)
-            bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', psi_T=f'{stats["psi_T_mean"]:.3f}', refresh=False)
+            bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', budget=f'{stats[learner.budget_stat]:.3f}', refresh=False)
             if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
                 save_snapshot()
     cost = dict(**learner.network_evals(cfg.iters),                          # rollout levels, all processes
-                cpu_seconds_this_session_rank0=round(time.process_time() - cpu0, 2),
-                wall_seconds_this_session=round(time.perf_counter() - wall0, 2))
+                **watch.seconds(2, cpu='cpu_seconds_this_session_rank0', wall='wall_seconds_this_session'))
     return learner, cost
 
 
@@ -191,10 +191,10 @@ def learned_schedule(learner: Learner, num_steps: int, opts: RunOptions, cost: d
     """The schedule for K = num_steps distilled from a trained learner, with its provenance."""
     cfg, world = learner.cfg, dist.get_world_size()
     out = learner.distill(num_steps)
-    provenance = dict(network=opts.network, solver='euler', preset=opts.preset,
-                      num_steps_trained=cfg.grid_steps, iterations=cfg.iters,
-                      trajectories_per_iteration=cfg.batch * world, seed=cfg.seed, processes=world,
-                      config=cfg.to_dict(), code_version=code_version(), cost=cost, final=dict(gamma=learner.gamma))
+    provenance = method_provenance(opts.network, dict(solver='euler', preset=opts.preset,
+                                   num_steps_trained=cfg.grid_steps, iterations=cfg.iters,
+                                   trajectories_per_iteration=cfg.batch * world, seed=cfg.seed, processes=world,
+                                   config=cfg.to_dict(), final=dict(gamma=learner.gamma)), cost)
     return Schedule('art-rl', out['sigmas'], solver='euler', clock=Clock(out['clock']['u'], out['clock']['sigma']),
                     provenance=provenance)
 
