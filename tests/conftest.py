@@ -39,13 +39,14 @@ def fixtures_dir() -> Path:
     return path
 
 
-def tiny_edm_net(label_dim: int = 0, seed: int = 0):
-    """A small EDMPrecond(SongUNet) with attention, cheap enough for CPU tests."""
+def tiny_edm_net(label_dim: int = 0, seed: int = 0, **kwargs):
+    """A small EDMPrecond(SongUNet) with attention, cheap enough for CPU tests; kwargs override its settings."""
     import torch
     from training.networks import EDMPrecond
     torch.manual_seed(seed)
-    net = EDMPrecond(img_resolution=8, img_channels=3, label_dim=label_dim, model_type='SongUNet',
-                     model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    net = EDMPrecond(**dict(dict(img_resolution=8, img_channels=3, label_dim=label_dim, model_type='SongUNet',
+                                 model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                                 dropout=0.0), **kwargs))
     return net.eval().requires_grad_(False)
 
 
