@@ -13,7 +13,8 @@ import torch
 
 from art.analytic import load_analytic
 from dnnlib.util import UserError
-from edm.guidance import load_guided_pkl, split_guided_spec
+from edm.denoiser import load_denoiser
+from edm.guidance import split_guided_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / 'assets'
 DEFAULT_NETWORK = str(ASSETS / 'edm-fmnist28-cond.pkl')            # EDM network trained here, 1x28x28, 10 classes
@@ -31,7 +32,7 @@ class NetworkSpecError(UserError, ValueError):
 def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool = False) -> torch.nn.Module:
     """'analytic:...' -> exact model; otherwise a pickle path or URL -> its 'ema' network (eval, frozen, on device).
 
-    Pickles are read by edm.guidance.load_guided_pkl (edm.loading.load_network_pkl, safe unless trust_embedded_code;
+    Pickles are read by edm.denoiser.load_denoiser (edm.loading.load_network_pkl, safe unless trust_embedded_code;
     its errors are UserErrors): EDM2 networks come with EDM's interface and their file's encoder. A guided spec
     (edm.guidance.guided_spec, `PKL?gnet=GUIDE_PKL&guidance=W`) gives the autoguided field as one network, so that
     every ART method learns on the field the sampler integrates.
@@ -46,7 +47,7 @@ def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool 
     elif '://' in network or os.path.isfile(network):
         if gnet is not None and not ('://' in gnet or os.path.isfile(gnet)):
             raise NetworkSpecError(f'{gnet!r}: no such file; the guiding network must be a network pickle path or URL')
-        net = load_guided_pkl(network, gnet, guidance, trust_embedded_code=trust_embedded_code)
+        net = load_denoiser(network, gnet, guidance, trust_embedded_code=trust_embedded_code)
     else:
         raise NetworkSpecError(f'{network!r}: no such file; {SPEC_HELP}')
     return net.eval().requires_grad_(False).to(device)

@@ -14,7 +14,8 @@ import torch
 
 from edm.cli import Command, check_output_dir, check_sigma_range, generate_options, guidance_options
 from edm.imagegen import generate_images, load_on_ranks
-from edm.guidance import check_guidance_options, load_guided_pkl
+from edm.denoiser import load_denoiser
+from edm.guidance import check_guidance_options
 from edm.sampler import upstream_sampler
 from torch_utils import distributed as dist
 
@@ -42,7 +43,7 @@ def main(network_pkl: str, outdir: str, seeds: List[int], subdirs: bool, class_i
     dist.print0(f'Loading network from "{network_pkl}"...')
     if gnet is not None:
         dist.print0(f'Guiding it by "{gnet}" with weight {guidance:g}...')
-    net = load_on_ranks(lambda spec: load_guided_pkl(spec, gnet, guidance, trust_embedded_code=trust_pickle),
+    net = load_on_ranks(lambda spec: load_denoiser(spec, gnet, guidance, trust_embedded_code=trust_pickle),
                         network_pkl, device)
     check_sigma_range(sampler_kwargs['sigma_min'], sampler_kwargs['sigma_max'], discretization, net)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')

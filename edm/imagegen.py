@@ -1,6 +1,6 @@
 """Sample one image per seed across ranks and write them as PNGs: the library behind `python -m edm.generate` and
 `generate_art.py`. Seeds are split across ranks as upstream does and every image depends only on its seed. A network
-that carries an encoder (EDM2 files, edm.guidance) has its samples decoded by it, as upstream EDM2 does; the others
+that carries an encoder (EDM2 files, edm.denoiser) has its samples decoded by it, as upstream EDM2 does; the others
 are quantised as upstream EDM does."""
 from typing import Any, Callable, Optional, Sequence
 

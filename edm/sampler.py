@@ -28,7 +28,7 @@ import torch
 
 from edm.grids import (VP_BETA_D, VP_BETA_MIN, Scaling, NoiseSchedule, check_choice, make_scaling, make_schedule,
                        make_sigmas, sigma_range, vp_beta)
-from edm.guidance import as_denoiser
+from edm.denoiser import as_denoiser
 
 SOLVERS = ('euler', 'heun', 'rk4', 'dpmpp-2m')
 

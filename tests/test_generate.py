@@ -11,7 +11,7 @@ import torch
 from art.analytic import load_analytic
 from conftest import ROOT, cli_error
 from edm.imagegen import generate_images
-from edm.guidance import GuidedDenoiser, load_guided_pkl
+from edm.denoiser import Denoiser, load_denoiser
 from edm.rng import seed_latents
 from edm.sampler import edm_sampler
 from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
@@ -123,7 +123,7 @@ def test_edm2_network_with_and_without_a_guide(tmp_path):
         assert sorted(os.listdir(tmp_path / name)) == ['000000.png', '000001.png', '000002.png']
     # Each PNG is the file encoder's decode of the sampler's output: the same computation in this process.
     for name, gnet, guidance in [('plain', None, 1.0), ('guided', pkls['guide'], 2.0)]:
-        net = load_guided_pkl(pkls['net'], gnet, guidance)
+        net = load_denoiser(pkls['net'], gnet, guidance)
         latents, labels, rnd = seed_latents(net, [0, 1, 2])
         with torch.no_grad():
             images = net.encoder.decode(edm_sampler(net, latents, labels, rnd.randn_like, num_steps=3))
@@ -150,7 +150,7 @@ class _Encoder:
 
 def test_encoder_is_set_up_once_and_decodes_in_batches_of_four(tmp_path):
     encoder = _Encoder()
-    net = GuidedDenoiser(load_analytic('analytic:gauss:std=0.5,shape=1x4x4'), encoder=encoder)
+    net = Denoiser(load_analytic('analytic:gauss:std=0.5,shape=1x4x4'), encoder=encoder)
     generate_images(net, str(tmp_path), [0, 1, 2], lambda net, latents, labels, randn_like: latents, max_batch_size=2,
                     progress=False)
     assert encoder.calls == [('init', 'cpu', 8), ('decode', (2, 1, 4, 4), 4), ('decode', (1, 1, 4, 4), 4)]

@@ -10,7 +10,7 @@ import torch
 from art.analytic import load_analytic
 from conftest import FIXTURES, RANDN_FLOAT32_ATOL
 from edm import grids
-from edm.guidance import GuidedDenoiser
+from edm.denoiser import Denoiser
 from edm.rng import StackedRandomGenerator, seed_latents
 from edm.sampler import ablation_sampler, edm2_sampler, edm_sampler, nfe, sample, sample_batches
 from training import networks
@@ -451,7 +451,7 @@ def test_sample_on_upstreams_grid_calls_the_networks_at_upstreams_levels(edm2_ca
     net_sigma = ref[f'calls.{tag}.net_sigma']
     grid = np.append(np.concatenate([net_sigma[:1], net_sigma[1::2]]), 0.0)   # t_0, then each t_{i+1} (Heun: twice)
     log = []
-    denoiser = GuidedDenoiser(CallLog(edm2_case.net, 'net', log), CallLog(edm2_case.gnet, 'gnet', log),
+    denoiser = Denoiser(CallLog(edm2_case.net, 'net', log), CallLog(edm2_case.gnet, 'gnet', log),
                               kwargs['guidance'])
     with torch.no_grad():
         out = sample(denoiser, torch.from_numpy(ref['latents']), grid, torch.from_numpy(ref['class_labels']),
@@ -513,5 +513,5 @@ def test_float32_guided_sampling_is_bit_exact_with_upstreams_algorithm(latents, 
     steps = torch.arange(6, dtype=torch.float32)
     t_steps = torch.cat([(80 ** (1 / 7) + steps / 5 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7, torch.zeros(1)])
     expected = edm2_algorithm(net, gnet, guidance, latents, t_steps, torch.float32)
-    out = sample(GuidedDenoiser(net, gnet, guidance), latents, t_steps.double().numpy(), dtype=torch.float32)
+    out = sample(Denoiser(net, gnet, guidance), latents, t_steps.double().numpy(), dtype=torch.float32)
     assert out.dtype == torch.float32 and torch.equal(out, expected)

@@ -16,7 +16,8 @@ from art.schedules import load_schedule
 from art.train import auto_preset
 from conftest import ROOT, cli_error, tiny_edm_net, write_network_pkl
 from dnnlib.util import UserError
-from edm.guidance import GuidedDenoiser, guided_spec
+from edm.denoiser import Denoiser
+from edm.guidance import guided_spec
 from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), 'torchrun')
@@ -208,10 +209,10 @@ def test_guided_spec_loads_as_one_guided_network(tmp_path):
     net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
     guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)))
     guided = load_network_spec(guided_spec(net, guide, 2.5))
-    assert isinstance(guided, GuidedDenoiser) and guided.guidance == 2.5 and guided.gnet is not None
+    assert isinstance(guided, Denoiser) and guided.guidance == 2.5 and guided.gnet is not None
     assert not guided.training and not any(p.requires_grad for p in guided.parameters())
     plain = load_network_spec(net)
-    assert isinstance(plain, GuidedDenoiser) and plain.gnet is None               # EDM's interface for EDM2
+    assert isinstance(plain, Denoiser) and plain.gnet is None               # EDM's interface for EDM2
     x, sigma, labels = torch.randn([2, 3, 4, 4]), torch.tensor(0.7), torch.eye(10)[[3, 4]]
     D, D_g = plain(x, sigma, labels), guided.gnet(x, sigma, labels)
     # float32 lerp against the formula: a few ulp of |D| ~ 1.
