@@ -22,6 +22,7 @@ from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), 'torchrun')
 RL = ['--network=analytic:gauss1d', '--steps=5', '--lr=3e-4', '--gamma-lr=3e-4', '--device=cpu']
+FLAT = dict(channel_mult=[1], attn_resolutions=[])   # tiny_edm_net with the fewest layers per forward-mode pass
 
 
 def _train(args, torchrun=False, **kw):
@@ -124,7 +125,7 @@ def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
 
 
 def test_pickle_end_to_end_then_generate(tmp_path):
-    pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3))
+    pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3, **FLAT))
     out = _train([f'--network={pkl}', '--steps=5,3', '--iters=1', '--batch=2', '--preset=images',
                   f'--outdir={tmp_path / "runs"}', '--device=cpu'])
     assert out.returncode == 0, out.stderr
@@ -183,7 +184,7 @@ def test_bad_paths_and_files_are_one_line_and_write_nothing(tmp_path, args, word
 
 
 def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):
-    net = tiny_edm_net()
+    net = tiny_edm_net(**FLAT)
     with torch.no_grad():
         net.model.map_layer0.weight.fill_(float('nan'))
     pkl = write_network_pkl(tmp_path / 'nan.pkl', net)
