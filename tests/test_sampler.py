@@ -12,7 +12,7 @@ from conftest import FIXTURES, RANDN_FLOAT32_ATOL
 from edm import grids
 from edm.denoiser import Denoiser
 from edm.rng import StackedRandomGenerator, seed_latents
-from edm.sampler import ablation_sampler, edm2_sampler, edm_sampler, nfe, sample, sample_batches
+from edm.sampler import SOLVER_STEPS, ablation_sampler, edm2_sampler, edm_sampler, nfe, sample, sample_batches
 from training import networks
 
 C = 0.5  # data std of the analytic model
@@ -114,6 +114,22 @@ def test_dpmpp_2m_steps_by_hand(latents):
     x2 = s2 / s1 * x1 + (1 - s2 / s1) * d1
     out = sample(GaussianNet(), latents, [T, s1, s2, 0], solver='dpmpp-2m')
     assert rel_error(out, D(x2, s2)) < 1e-12
+
+
+@pytest.mark.parametrize('solver', ['euler', 'heun', 'rk4'])
+def test_a_step_to_several_levels_at_once_is_each_step(latents, solver):
+    # art.gits steps from one state to every later level in one call: levels [J, 1, ...] broadcast against x.
+    def d(x, t):
+        return (x - C ** 2 * x / (C ** 2 + t ** 2)) / t
+
+    step, x, t = SOLVER_STEPS[solver], latents.double() * 80, torch.tensor(80.0, dtype=torch.float64)
+    levels = torch.tensor([20.0, 3.0, 0.5], dtype=torch.float64)
+    together = step(d, x, t, levels.reshape(-1, 1, 1, 1, 1), d(x, t))
+    assert together.shape == (3, *x.shape)
+    for level, out in zip(levels, together):
+        torch.testing.assert_close(out, step(d, x, t, level, d(x, t)), rtol=1e-15, atol=0)
+    with pytest.raises(ValueError, match='SolveState'):
+        SOLVER_STEPS['dpmpp-2m'](d, x, t, levels[0], d(x, t))
 
 
 @pytest.mark.parametrize('solver, alpha, order, steps', [('euler', 1, 1, (32, 64)), ('heun', 1, 2, (32, 64)),
