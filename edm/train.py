@@ -7,7 +7,7 @@ import json
 import os
 import re
 import warnings
-from typing import Any
+from typing import Any, Dict, List
 
 import click
 import torch
@@ -15,8 +15,10 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from edm.cli import Command, check_output_dir, int_list_callback, parse_device
+from edm.imagegen import load_on_ranks
 from edm.loading import load_network_pkl
 from torch_utils import distributed as dist
+from training import training_loop
 
 warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides')  # False warning printed by DDP.
 
@@ -132,6 +134,11 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
     except (OSError, ValueError) as exc:
         raise UserError(f'cannot read dataset {opts.data!r}: {exc}') from None
     dataset_name = dataset_obj.name
+    _channels, height, width = dataset_obj.image_shape
+    if height != width:
+        raise UserError(f'{opts.data!r} holds {width}x{height} images, but the networks take square ones; make them '
+                        f'square with edm.dataset_tool --transform=center-crop --resolution=NxN')
+    interface = training_loop.network_interface(dataset_obj)
     c.dataset_kwargs.resolution = dataset_obj.resolution
     c.dataset_kwargs.max_size = len(dataset_obj)
     if opts.cond and not dataset_obj.has_labels:
@@ -154,6 +161,7 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
     if opts.blocks is not None:
         c.network_kwargs.num_blocks = opts.blocks
     c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
+    check_resolution(interface['img_resolution'], c.network_kwargs.channel_mult, opts.arch)
 
     # Training options.
     c.total_kimg = max(int(opts.duration * 1000), 1)
@@ -191,6 +199,8 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
             raise UserError(f'--resume: the matching network snapshot {c.resume_pkl!r} does not exist')
         c.resume_kimg = int(match.group(1))
         c.resume_state_dump = opts.resume
+    if 'resume_pkl' in c:
+        check_start_network(c.resume_pkl, c.network_kwargs, interface, '--transfer' if opts.transfer else '--resume')
 
     # Description string.
     cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
@@ -212,9 +222,32 @@ def build_config(opts: dnnlib.EasyDict) -> dnnlib.EasyDict:
     return c
 
 
+def check_resolution(resolution: int, channel_mult: List[int], arch: str) -> None:
+    """UserError unless the UNet's levels can halve images of this size (the dry run checks it too)."""
+    multiple = training_loop.resolution_multiple(channel_mult)
+    if resolution % multiple:
+        raise UserError(f'{resolution}x{resolution} images do not fit the {arch} network: its {len(channel_mult)} '
+                        f'levels (--cres={",".join(map(str, channel_mult))}) halve the image {len(channel_mult) - 1} '
+                        f'times, so the size must be a multiple of {multiple}; resize the dataset (edm.dataset_tool '
+                        f'--resolution) or give fewer levels with --cres')
+
+
+def check_start_network(pkl: str, network_kwargs: dict, interface: Dict[str, int], option: str) -> None:
+    """UserError unless the network in `pkl` (--resume's snapshot, --transfer's pickle) can start this run's network:
+    read on every rank (rank 0 first, as it may download), before any work and before the run folder exists."""
+    try:
+        src = load_on_ranks(lambda spec: load_network_pkl(spec)['ema'], pkl, torch.device('cpu'))
+    except UserError as exc:
+        raise UserError(f'{option}: {exc}') from None
+    problem = training_loop.network_mismatch(src, network_kwargs, interface, exact=(option == '--resume'))
+    if problem is not None:
+        advice = ('resume with the options and dataset of the run that wrote it (its training_options.json)'
+                  if option == '--resume' else 'give a pickle of this architecture, or options and data that fit it')
+        raise UserError(f'{option}: the network in {pkl} does not fit this run\'s ({problem}); {advice}')
+
+
 def run(opts: dnnlib.EasyDict) -> None:
     """Build the config, print it, and (unless --dry-run) create the run directory and train."""
-    from training import training_loop
     c = build_config(opts)
 
     # Print options.

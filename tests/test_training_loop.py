@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 
 from conftest import cli_error
 from edm.loading import load_network_pkl
-from training.training_loop import ema_beta, learning_rate, load_training_state, training_loop
+from training.training_loop import (construct_network, ema_beta, learning_rate, load_training_state, network_interface,
+                                    network_mismatch, resolution_multiple, training_loop)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAT_NAMES = {'Loss/loss', 'Progress/tick', 'Progress/kimg', 'Timing/total_sec', 'Timing/sec_per_tick',
@@ -35,14 +37,14 @@ def test_learning_rate_rampup():
     assert learning_rate(1e-3, 20_000_000, 10000) == pytest.approx(1e-3)
 
 
-def _write_dataset(root: Path, n: int = 32) -> str:
-    """Tiny 4x4 RGB dataset of 3 coloured classes with dataset.json labels."""
+def _write_dataset(root: Path, n: int = 32, size: int = 4) -> str:
+    """Tiny size x size (4x4) RGB dataset of 3 coloured classes with dataset.json labels."""
     (root / '00000').mkdir(parents=True)
     colours = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230]], np.uint8)
     rng = np.random.RandomState(0)
     labels = []
     for k in range(n):
-        img = np.clip(colours[k % 3][None, None] + rng.randint(-10, 10, (4, 4, 3)), 0, 255).astype(np.uint8)
+        img = np.clip(colours[k % 3][None, None] + rng.randint(-10, 10, (size, size, 3)), 0, 255).astype(np.uint8)
         name = f'00000/img{k:08d}.png'
         PIL.Image.fromarray(img).save(root / name)
         labels.append([name, k % 3])
@@ -188,7 +190,8 @@ def test_cli_dry_run_writes_nothing_and_transfer_disables_rampup(run, tmp_path, 
     data, run_dir = run
     outdir = tmp_path / 'out'
     train_run(_parse(f'--outdir={outdir}', f'--data={data}', '--cond=1', '--dry-run', '--device=cpu', '--seed=5',
-                     f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--duration=0.0001'))
+                     f'--transfer={run_dir / "network-snapshot-000006.pkl"}', '--duration=0.0001', '--cbase=8',
+                     '--cres=1'))
     out = capsys.readouterr().out
     assert not outdir.exists()
     assert '"ema_rampup_ratio": null' in out and '"total_kimg": 1' in out
@@ -221,6 +224,128 @@ def test_cli_outdir_under_a_file_is_one_line_before_reading_data(tmp_path):
                       '--device=cpu'], in_process=False)   # the real entry point
     assert f'{tmp_path / "file"} is a file, not a folder' in line     # not the missing dataset: checked first
     assert sorted(tmp_path.iterdir()) == [tmp_path / 'file']
+
+
+@pytest.mark.parametrize('model_type, channel_mult, resolution', [
+    ('SongUNet', [1, 1, 1], 2), ('SongUNet', [1, 1, 1], 4), ('SongUNet', [1, 1, 1], 6), ('SongUNet', [1, 1], 6),
+    ('DhariwalUNet', [1, 1, 1], 6), ('DhariwalUNet', [1, 1], 6),
+])
+def test_resolution_multiple_is_what_the_networks_take(model_type, channel_mult, resolution):
+    from training.networks import EDMPrecond
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=resolution, img_channels=1, model_type=model_type, model_channels=4,
+                     channel_mult=channel_mult, num_blocks=1, attn_resolutions=[])
+    try:
+        net(torch.zeros([1, 1, resolution, resolution]), torch.ones([1]))
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert runs == (resolution % resolution_multiple(channel_mult) == 0)
+
+
+def _tiny_kwargs(**overrides) -> dict:
+    kwargs = dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=8,
+                  channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
+    return dict(kwargs, **overrides)
+
+
+def test_network_mismatch_says_what_differs():
+    interface = dict(img_resolution=4, img_channels=3, label_dim=3)
+    torch.manual_seed(0)
+    src = construct_network(_tiny_kwargs(), interface)
+    for exact in (True, False):
+        assert network_mismatch(src, _tiny_kwargs(), interface, exact) is None                  # the same call
+        assert network_mismatch(src, _tiny_kwargs(dropout=0.2), interface, exact) is None       # the same tensors
+    # Unconditional: the label layer is only in the snapshot, which a resume refuses and a transfer leaves out.
+    uncond = dict(interface, label_dim=0)
+    assert 'label_dim=3 there, 0 here' in network_mismatch(src, _tiny_kwargs(), uncond, exact=True)
+    assert '2 (model.map_label.weight, model.map_label.bias) only there' in \
+        network_mismatch(src, _tiny_kwargs(), uncond, exact=True)
+    assert network_mismatch(src, _tiny_kwargs(), uncond, exact=False) is None
+    # Other channels: shapes that cannot be copied. Building the network to compare with draws no random numbers.
+    rng_state = torch.random.get_rng_state()
+    problem = network_mismatch(src, _tiny_kwargs(model_channels=16), interface, exact=False)
+    assert torch.equal(rng_state, torch.random.get_rng_state())
+    assert 'model_channels=8 there, 16 here' in problem and 'model.map_label.weight [8, 3] there, [16, 3] here' in \
+        problem and 'of other shapes' in problem
+    # Another preconditioning: the same tensors, but not the same network to resume.
+    vp = _tiny_kwargs(class_name='training.networks.VPPrecond')
+    assert network_mismatch(src, vp, interface, exact=True).startswith(
+        'training.networks.EDMPrecond there, training.networks.VPPrecond here')
+    assert network_mismatch(src, vp, interface, exact=False) is None
+
+
+def _snapshot(folder: Path, data: str, *options: str) -> Path:
+    """A run folder holding (random weights of) the network edm.train builds for these options, as kimg 2."""
+    from edm.train import build_config
+    from training.dataset import ImageFolderDataset
+    c = build_config(_parse(f'--outdir={folder}', f'--data={data}', '--device=cpu', '--seed=0', *options))
+    dataset = ImageFolderDataset(data, use_labels=c.dataset_kwargs.use_labels)
+    folder.mkdir()
+    pickle.dump(dict(ema=construct_network(c.network_kwargs, network_interface(dataset))),
+                open(folder / 'network-snapshot-000002.pkl', 'wb'))
+    (folder / 'training-state-000002.pt').write_bytes(b'')
+    return folder / 'training-state-000002.pt'
+
+
+def test_cli_refuses_a_network_that_does_not_fit_before_any_work(run, tmp_path):
+    from dnnlib.util import UserError
+    from edm.train import build_config, run as train_run
+    from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
+    data, _ = run
+    data8 = _write_dataset(tmp_path / 'data8', n=4, size=8)
+    options = ['--cbase=4', '--cres=1', '--blocks=1', '--augment=0']
+    state = _snapshot(tmp_path / 'run', data, '--cond=1', *options)
+    outdir = tmp_path / 'out'
+    common = [f'--outdir={outdir}', '--device=cpu', '--seed=0', '--dry-run', *options]
+    assert build_config(_parse(f'--data={data}', *common, '--cond=1', f'--resume={state}')).resume_kimg == 2
+    for args, words in [
+        ([f'--data={data}', '--cond=0'], 'label_dim=3 there, 0 here'),
+        ([f'--data={data}', '--cond=1', '--cbase=8'], 'model_channels=4 there, 8 here'),
+        ([f'--data={data8}', '--cond=1'], 'img_resolution=4 there, 8 here'),
+    ]:
+        with pytest.raises(UserError, match=re.escape(f'--resume: the network in {state.parent}')) as info:
+            train_run(_parse(*common, *args, f'--resume={state}'))
+        assert words in str(info.value) and 'training_options.json' in str(info.value)
+
+    text = tmp_path / 'notes.pkl'
+    text.write_text('not a pickle\n')
+    edm2 = write_edm2_pkl(tmp_path / 'edm2.pkl', tiny_edm2_net(**TOY))
+    for pkl, words in [(text, 'not a network pickle'), (edm2, 'training.networks_edm2.Precond there'),
+                       (state.parent / 'network-snapshot-000002.pkl', 'of other shapes')]:
+        with pytest.raises(UserError, match=re.escape('--transfer: ')) as info:
+            train_run(_parse(f'--data={data}', *common, '--cond=1', '--cbase=8', f'--transfer={pkl}'))
+        assert words in str(info.value) and '\n' not in str(info.value)
+    assert not outdir.exists()
+
+
+@pytest.mark.parametrize('size, options, words', [
+    (6, [], 'size must be a multiple of 4'),                          # ddpmpp's 3 levels halve it twice: 6 -> 3 -> 2
+    (2, [], 'size must be a multiple of 4'),                          # too small for them
+    (4, ['--arch=adm'], '4 levels (--cres=1,2,3,4)'),                # too small for adm's
+    (6, ['--cres=1,1'], None),                                        # two levels take 6 -> 3
+])
+def test_cli_dry_run_refuses_image_sizes_the_network_cannot_take(tmp_path, capsys, size, options, words):
+    from dnnlib.util import UserError
+    from edm.train import run as train_run
+    data = _write_dataset(tmp_path / 'data', n=2, size=size)
+    args = _parse(f'--outdir={tmp_path / "out"}', f'--data={data}', '--device=cpu', '--dry-run', *options)
+    if words is None:
+        train_run(args)
+        assert 'Dry run; exiting.' in capsys.readouterr().out
+    else:
+        with pytest.raises(UserError, match=re.escape(words)):
+            train_run(args)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_cli_refuses_images_that_are_not_square(tmp_path):
+    from dnnlib.util import UserError
+    from edm.train import build_config
+    (tmp_path / 'data').mkdir()
+    PIL.Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / 'data' / 'a.png')
+    with pytest.raises(UserError, match='holds 8x4 images, but the networks take square ones'):
+        build_config(_parse(f'--outdir={tmp_path / "out"}', f'--data={tmp_path / "data"}', '--device=cpu'))
 
 
 def test_cli_train_and_resume(run, tmp_path):

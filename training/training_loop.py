@@ -2,12 +2,14 @@
 
 Runs on CPU or CUDA, as a world of one or under torchrun (DistributedDataParallel only when the world size is > 1).
 """
+import contextlib
 import copy
 import json
+import math
 import os
 import pickle
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import psutil
@@ -39,6 +41,83 @@ def load_training_state(path: str) -> dict:
     pickled code: only use it on dumps you wrote yourself (train.py accepts only training-state-*.pt for --resume).
     """
     return torch.load(path, map_location=torch.device('cpu'), weights_only=False)
+
+
+def resolution_multiple(channel_mult: Sequence[int]) -> int:
+    """The UNets (SongUNet, DhariwalUNet) halve the image between their len(channel_mult) levels and take only sizes
+    that are multiples of 2 ** (levels - 1): another size ends in a shape error at the first skip connection."""
+    return 2 ** (len(channel_mult) - 1)
+
+
+def network_interface(dataset_obj: Any) -> Dict[str, int]:
+    """img_resolution, img_channels and label_dim of the network trained on a dataset."""
+    return dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
+                label_dim=dataset_obj.label_dim)
+
+
+def construct_network(network_kwargs: dict, interface: Dict[str, int], on_meta: bool = False) -> torch.nn.Module:
+    """The network of network_kwargs (with its class_name) for a dataset's interface; on the meta device when asked
+    (no weights drawn or held)."""
+    with torch.device('meta') if on_meta else contextlib.nullcontext():
+        return dnnlib.util.construct_class_by_name(**network_kwargs, **interface)
+
+
+# A network the checks below compare with is built on the meta device from this many elements on: the first build
+# there costs about 1.5 s (torch loads its meta kernels), while a smaller network is drawn on the CPU faster.
+_META_BUILD_MIN_ELEMENTS = 20_000_000
+
+
+def _summary(names: List[str], describe: Callable[[str], str] = str, shown: int = 2) -> str:
+    """'N (a, b, ...)': a count and the first `shown` entries."""
+    more = ', ...' if len(names) > shown else ''
+    return f'{len(names)} ({", ".join(describe(name) for name in names[:shown])}{more})'
+
+
+def network_mismatch(src: torch.nn.Module, network_kwargs: dict, interface: Dict[str, int],
+                     exact: bool) -> Optional[str]:
+    """What keeps the loop from starting the network of network_kwargs (for a dataset's interface) from `src`, a
+    pickle's 'ema', in one line; None when nothing does.
+
+    exact (a resume): the same class and the same parameter and buffer names and shapes, as the training state and
+    the optimizer need. Otherwise (transfer learning; copy_params_and_buffers with require_all=False): at least one
+    shared name, and no shared name with another shape."""
+    kwargs = dict({k: v for k, v in network_kwargs.items() if k != 'class_name'}, **interface)
+    src_class = f'{type(src).__module__}.{type(src).__name__}'
+    src_kwargs = getattr(src, 'init_kwargs', None)
+    if src_class == network_kwargs['class_name'] and src_kwargs == kwargs:
+        return None                                                 # the same constructor call: the same tensors
+    src_shapes = {name: list(t.shape) for name, t in misc.named_params_and_buffers(src)}
+    on_meta = sum(math.prod(shape) for shape in src_shapes.values()) >= _META_BUILD_MIN_ELEMENTS
+    with torch.random.fork_rng(devices=[]):                         # drawing the weights leaves the RNG as it was
+        dst = construct_network(network_kwargs, interface, on_meta=on_meta)
+    dst_shapes = {name: list(t.shape) for name, t in misc.named_params_and_buffers(dst)}
+    missing = [name for name in dst_shapes if name not in src_shapes]
+    extra = [name for name in src_shapes if name not in dst_shapes]
+    reshaped = [name for name in dst_shapes if name in src_shapes and src_shapes[name] != dst_shapes[name]]
+    if exact:
+        fits = src_class == network_kwargs['class_name'] and not (missing or extra or reshaped)
+    else:
+        fits = not reshaped and len(missing) < len(dst_shapes)
+    if fits:
+        return None
+    differences = [f'{src_class} there, {network_kwargs["class_name"]} here'] \
+        if src_class != network_kwargs['class_name'] else []
+    if src_kwargs is not None:
+        keys = [key for key in {**src_kwargs, **kwargs} if src_kwargs.get(key, kwargs) != kwargs.get(key, src_kwargs)]
+        differences += [f'{key}={src_kwargs.get(key, "default")} there, {kwargs.get(key, "default")} here'
+                        for key in keys]
+    tensors = []
+    if reshaped:
+        tensors.append(f'{_summary(reshaped, lambda n: f"{n} {src_shapes[n]} there, {dst_shapes[n]} here")} of '
+                       f'other shapes')
+    if missing:
+        tensors.append(f'{_summary(missing)} missing there')
+    if extra:
+        tensors.append(f'{_summary(extra)} only there')
+    if tensors:
+        differences = differences[:4] + (['...'] if len(differences) > 4 else []) + \
+            [f'of the {len(dst_shapes)} tensors here, ' + ', '.join(tensors)]
+    return '; '.join(differences)
 
 
 def training_loop(
@@ -110,9 +189,7 @@ def training_loop(
 
     # Construct network.
     dist.print0('Constructing network...')
-    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels,
-                            label_dim=dataset_obj.label_dim)
-    net = dnnlib.util.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    net = construct_network(network_kwargs, network_interface(dataset_obj))
     net.train().requires_grad_(True).to(device)
     if rank == 0:
         with torch.no_grad():
