@@ -12,19 +12,16 @@ exactly. `--gnet` and `--guidance` learn the schedule on the autoguided field th
 (edm.guidance); the run's network (its options and every schedule's provenance) names the guided field.
 """
 
-import dataclasses
-import json
-import os
 from typing import List, Optional
 
 import click
 import torch
 
-import dnnlib
 from dnnlib.util import UserError
-from art.networks import DEFAULT_NETWORK, load_network_spec, network_name
-from art.methods import METHODS, SOLVER_SPECIFIC
-from art.train import PRESETS, RunOptions, auto_preset, next_run_dir, rl_config, rl_option_names, train_schedules
+from art.networks import DEFAULT_NETWORK, load_network_spec
+from art.methods import METHODS
+from art.train import (MAX_BATCH, MAX_CF_SAMPLES, MAX_ITERS, MAX_POOL, PRESETS, check_new_run, check_resumed_preset,
+                        make_run_dir, new_run_dir, new_run_options, resume_options, train_run)
 from edm.cli import SEED, Command, check_output_dir, guidance_options, parse_device, steps_callback
 from edm.imagegen import load_on_ranks
 from edm.guidance import check_guidance_options, guided_spec
@@ -43,9 +40,9 @@ from torch_utils import distributed as dist
 @click.option('--preset', type=click.Choice(['auto'] + sorted(PRESETS)), default='auto', show_default=True,
               help='ART-RL learner: paper (the paper\'s time-domain actor-critic, P1 App. C), images (the '
                    'progress-domain learner, docs/art-rl.md), auto (paper for a one-dimensional model, else images)')
-@click.option('--iters', help='ART-RL iterations  [default: preset]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--iters', help='ART-RL iterations  [default: preset]', metavar='INT', type=click.IntRange(1, MAX_ITERS))
 @click.option('--batch', help='Trajectories per process per iteration  [default: preset]', metavar='INT',
-              type=click.IntRange(min=1))
+              type=click.IntRange(1, MAX_BATCH))
 @click.option('--lambda', 'lam', help='Policy variance lambda (paper preset)  [default: 0.1]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True))
 @click.option('--lr', help='Adam learning rate of actor and critic  [default: preset]', metavar='FLOAT',
@@ -54,12 +51,12 @@ from torch_utils import distributed as dist
               metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--pool', help='Images preset: replay the error densities of this many trajectories, computed once, '
                             'instead of new rollouts every iteration  [default: preset]', metavar='INT',
-              type=click.IntRange(min=1))
+              type=click.IntRange(1, MAX_POOL))
 @click.option('--seed', help='Random seed', metavar='INT', type=SEED, default=0, show_default=True)
 @click.option('--snap', help='Iterations between snapshots', metavar='INT', type=click.IntRange(min=1), default=100,
               show_default=True)
 @click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
-              type=click.IntRange(min=1), default=256, show_default=True)
+              type=click.IntRange(1, MAX_CF_SAMPLES), default=256, show_default=True)
 @click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True,
               help='The solver the grid is made for: direct and gits optimise through it; ART (art-rl, closed-form) '
                    'minimises the Euler error and serves every solver, so it takes euler only')
@@ -81,77 +78,34 @@ def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[in
                         'them against --gnet, or leave out --gnet and --guidance')
     field = None if network is None and gnet is None else guided_spec(network or DEFAULT_NETWORK, gnet, guidance)
     dist.init()
-    # ART-RL options given on the command line (named as fields of the learner's config) override the preset's.
-    given = {key: value for key, value in rl_options.items() if value is not None
-             and ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT}
+    # Options given on the command line: ART-RL's (named as fields of the learner's config) override the preset's;
+    # the run's own must match the run being resumed.
+    def given(key: str) -> bool:
+        return ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT
+    rl = {key: value for key, value in rl_options.items() if value is not None and given(key)}
+    explicit = {key: value for key, value in dict(steps=steps, method=method, preset=preset, snap=snap,
+                                                  cf_samples=cf_samples, solver=solver, outdir=outdir,
+                                                  desc=desc).items() if given(key)}
     if resume:
-        run_dir, opts = resume_options(resume, given, field)
-        check_output_dir(run_dir, '--resume')
+        opts = resume_options(resume, rl, field, explicit)
+        run_dir = check_output_dir(resume, '--resume')
     else:
         check_output_dir(outdir, '--outdir')
-        if solver not in SOLVER_SPECIFIC.get(method, ('euler',)):
-            raise UserError(f'--method={method} makes grids for --solver='
-                            f'{" or ".join(SOLVER_SPECIFIC.get(method, ("euler",)))}, not {solver}')
-    name = desc or f'{method}-{network_name(network or DEFAULT_NETWORK)}'
-    network = opts.network if resume else field or DEFAULT_NETWORK
-    net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle), network, device)
-    if not resume:
-        chosen = auto_preset(net) if preset == 'auto' else preset
-        unknown = [key for key in given if key not in rl_option_names(chosen)]
-        if unknown:
-            flags = ', '.join(next(p.opts[0] for p in ctx.command.params if p.name == key) for key in unknown)
-            raise UserError(f'{flags}: not an option of the {chosen} preset'
-                            f'{" (chosen by --preset=auto for this network)" if preset == "auto" else ""}; '
-                            f'leave it out or pass another --preset')
-        rl = dict(given, seed=rl_options['seed'])
-        try:
-            rl_config(chosen, rl, steps[0])                        # validate before making a run directory
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        run_dir = next_run_dir(outdir, f'{name}-k{"_".join(map(str, steps))}'.replace('/', '_'))
-        opts = RunOptions(network=network, steps=steps, method=method, preset=chosen, rl=rl, snap=snap,
-                          cf_samples=cf_samples, solver=solver, world_size=dist.get_world_size())
+        check_new_run(steps, method, solver, rl, explicit)
+    net = load_on_ranks(lambda spec: load_network_spec(spec, trust_embedded_code=trust_pickle),
+                        opts.network if resume else field or DEFAULT_NETWORK, device)
+    if resume:
+        check_resumed_preset(opts, explicit.get('preset'), net)
+    else:
+        opts = new_run_options(field or DEFAULT_NETWORK, net, steps, method, preset, dict(rl, seed=rl_options['seed']),
+                               snap, cf_samples, solver)
+        run_dir = new_run_dir(outdir, desc, opts)
     dist.barrier()                                  # every rank has named the run directory before rank 0 makes it
-    if dist.get_rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        dnnlib.util.atomic_write_json(os.path.join(run_dir, 'training_options.json'), dataclasses.asdict(opts))
+    if dist.get_rank() == 0 and not resume:
+        make_run_dir(run_dir, opts)
     dist.barrier()
-    logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a', should_flush=True) \
-        if dist.get_rank() == 0 else None
-    try:
-        dist.print0(f'Run directory: {run_dir}')
-        paths = train_schedules(net, run_dir, opts, device)
-        dist.print0('Done: ' + ', '.join(paths))
-    finally:
-        if logger is not None:
-            logger.close()
-
-
-def resume_options(run_dir: str, given: dict, network: Optional[str]) -> tuple:
-    """The options of the run being resumed; options given now must not contradict them."""
-    path = os.path.join(run_dir, 'training_options.json')
-    try:
-        with open(path) as f:
-            options = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f'--resume={run_dir}: cannot read {path} ({getattr(exc, "strerror", None) or exc})') from None
-    try:
-        opts = RunOptions.from_dict(options)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f'--resume={run_dir}: {path} does not hold the options of a train_art.py run ({exc}); '
-                        f'give the run directory train_art.py made') from None
-    if network is not None and network != opts.network:
-        raise UserError(f'--resume: the run learned for {opts.network}, not {network}')
-    try:
-        cfg = rl_config(opts.preset, opts.rl, opts.steps[0])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise UserError(f'--resume={run_dir}: the run\'s ART-RL options do not fit this version ({exc}); '
-                        f'start a new run') from None
-    for key, value in given.items():
-        if getattr(cfg, key, None) != value:
-            raise UserError(f'--resume: {key}={value} differs from the run being resumed '
-                            f'({getattr(cfg, key, "not an option of its preset")})')
-    return run_dir, opts
+    paths = train_run(net, run_dir, opts, device)
+    dist.print0('Done: ' + ', '.join(paths))
 
 
 if __name__ == '__main__':

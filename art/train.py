@@ -12,13 +12,16 @@ A run stopped at any point (kill -9 included) and resumed with `resume=<run dir>
 and ends with the same schedule as an uninterrupted run: the learner's randomness is a function of (seed, iteration).
 """
 
+import collections
+import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import os
-import re
+import shutil
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import tqdm
@@ -27,8 +30,9 @@ import dnnlib
 from dnnlib.util import UserError
 
 from art.analytic import GaussianModel
-from art.methods import ScheduleMaker
+from art.methods import SOLVER_SPECIFIC, ScheduleMaker
 from art.metrics import exact_w2
+from art.networks import network_name
 from art.rl import ARTDivergence, Learner, LearnerConfig
 from art.rl_progress import ProgressLearner
 from art.rl_time import TimeLearner
@@ -39,6 +43,20 @@ from torch_utils import distributed as dist
 
 # The ART-RL presets: each names a learner, whose config's defaults are the preset's settings (docs/art-rl.md §4).
 PRESETS = {'paper': TimeLearner, 'images': ProgressLearner}
+
+# Caps on the sizes a run is given, so that no option makes the work or the files unbounded: trajectories per process
+# per iteration (rolled out at once), iterations (one stats row each), the replay pool (its error densities are kept
+# in memory and in every snapshot), and the closed form's trajectories (their latents are drawn at once).
+MAX_BATCH = 4096
+MAX_ITERS = 1_000_000
+MAX_POOL = 65536
+MAX_CF_SAMPLES = 4096
+# Run options that only one method uses (besides ART-RL's learner options: every one but the seed is ART-RL's).
+METHOD_OPTIONS = {'art-rl': ('preset', 'snap'), 'closed-form': ('cf_samples',)}
+NEW_RUN_OPTIONS = ('outdir', 'desc')              # they name a new run's folder: not taken with a resume
+_FLAGS = {'lam': '--lambda'}                      # options whose flag is not `--` + the name with dashes
+RUN_NAME_STEPS = 40                               # longest K list written out in a run folder's name
+NAME_MAX = 255                                    # longest file name (bytes) of the usual file systems
 
 
 def auto_preset(net: torch.nn.Module) -> str:
@@ -87,15 +105,174 @@ class RunOptions:
         return opts
 
     def method_options(self) -> dict:
-        """Options of the schedule maker of a non-RL method."""
-        return dict(num_samples=self.cf_samples) if self.method == 'closed-form' else {}
+        """Options of the schedule maker of a non-RL method: the run's seed, and the closed form's sample count."""
+        return dict(seed=self.rl['seed'], **(dict(num_samples=self.cf_samples) if self.method == 'closed-form' else {}))
 
 
-def next_run_dir(outdir: str, desc: str) -> str:
-    """`<outdir>/<next 5-digit id>-<desc>`, the id one above the largest existing one (upstream naming)."""
-    ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
-           if (m := re.match(r'^(\d+)-', name)) and os.path.isdir(os.path.join(outdir, name))]
-    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+def option_flag(name: str) -> str:
+    """The train_art.py flag of a run option or ART-RL option (field name), for messages."""
+    return _FLAGS.get(name, '--' + name.replace('_', '-'))
+
+
+def check_steps(steps: List[int]) -> None:
+    """UserError when a K is given twice."""
+    repeated = [k for k, count in collections.Counter(steps).items() if count > 1]
+    if repeated:
+        raise UserError(f'--steps gives K={", ".join(map(str, sorted(repeated)))} more than once; give each K once')
+
+
+def not_options(keys: List[str], owner: str, remedy: str = '') -> UserError:
+    """The UserError naming options given (field names) that `owner` does not take."""
+    one = len(keys) == 1
+    return UserError(f'{", ".join(map(option_flag, keys))}: not {"an option" if one else "options"} of {owner}; '
+                     f'leave {"it" if one else "them"} out{remedy}')
+
+
+def check_method_options(method: str, rl: dict, explicit: dict) -> None:
+    """UserError naming the options given (ART-RL options `rl`, run options `explicit`, by field name) that `method`
+    does not use: ART-RL's learner options with another method, or another method's own run option."""
+    unused = [key for key in rl if key != 'seed' and method != 'art-rl']
+    unused += [key for key in explicit for other, keys in METHOD_OPTIONS.items() if other != method and key in keys]
+    if unused:
+        raise not_options(unused, f'--method={method}')
+
+
+def check_preset_options(preset: str, rl: dict, owner: str, remedy: str = '') -> None:
+    """UserError naming the ART-RL options given that the preset's learner does not have (owner: the preset, as the
+    message names it)."""
+    unknown = [key for key in rl if key not in rl_option_names(preset)]
+    if unknown:
+        raise not_options(unknown, owner, remedy)
+
+
+def check_new_run(steps: List[int], method: str, solver: str, rl: dict, explicit: dict) -> None:
+    """The checks of a new run's options that need no network (UserError), made before anything is loaded."""
+    check_steps(steps)
+    solvers = SOLVER_SPECIFIC.get(method, ('euler',))
+    if solver not in solvers:
+        raise UserError(f'--method={method} makes grids for --solver={" or ".join(solvers)}, not {solver}')
+    check_method_options(method, rl, explicit)
+
+
+def new_run_options(network: str, net: torch.nn.Module, steps: List[int], method: str, preset: str, rl: dict,
+                    snap: int, cf_samples: int, solver: str) -> RunOptions:
+    """The options of a new run (rl: the ART-RL options given, by field name, and the seed); UserError names an
+    ART-RL option the preset's learner does not have, or a bad value, before anything is written."""
+    chosen = auto_preset(net) if preset == 'auto' else preset
+    check_preset_options(chosen, rl, f'the {chosen} preset'
+                         f'{" (chosen by --preset=auto for this network)" if preset == "auto" else ""}',
+                         ' or pass another --preset')
+    try:
+        rl_config(chosen, rl, steps[0])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return RunOptions(network=network, steps=steps, method=method, preset=chosen, rl=rl, snap=snap,
+                      cf_samples=cf_samples, solver=solver, world_size=dist.get_world_size())
+
+
+def steps_name(steps: List[int]) -> str:
+    """The K list in a run folder's name, short whatever its length: k5_10_18, runs of 3 or more consecutive K as
+    first-last (k1-100), and past RUN_NAME_STEPS characters only its ends and length (k2-999_500values)."""
+    runs: List[List[int]] = []
+    for k in steps:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = [f'{run[0]}-{run[-1]}' if len(run) >= 3 else '_'.join(map(str, run)) for run in runs]
+    name = 'k' + '_'.join(parts)
+    return name if len(name) <= RUN_NAME_STEPS else f'k{min(steps)}-{max(steps)}_{len(steps)}values'
+
+
+def new_run_dir(outdir: str, desc: Optional[str], opts: RunOptions) -> str:
+    """The folder of a new run (not made here): `<outdir>/<next id>-<desc or method-network>-<K list>`; UserError
+    when the name is too long for a file system."""
+    name = f'{desc or opts.method + "-" + network_name(opts.network)[:64]}-{steps_name(opts.steps)}'.replace('/', '_')
+    run_dir = dnnlib.util.next_run_dir(outdir, name)
+    if len(os.fsencode(os.path.basename(run_dir))) > NAME_MAX:
+        raise UserError(f'the run folder name {name[:60]}... is longer than {NAME_MAX} bytes; pass a shorter --desc')
+    return run_dir
+
+
+def resume_options(run_dir: str, rl: dict, network: Optional[str], explicit: dict) -> RunOptions:
+    """The options of the run being resumed (UserError when they cannot be read); the options given now (ART-RL
+    options `rl`, run options `explicit`, by field name) must be those of the run, and outdir and desc, which name a
+    new run, are refused. An explicit preset 'auto' is checked once the network is loaded (check_resumed_preset)."""
+    path = os.path.join(run_dir, 'training_options.json')
+    try:
+        with open(path) as f:
+            options = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f'--resume={run_dir}: cannot read {path} ({getattr(exc, "strerror", None) or exc})') from None
+    try:
+        opts = RunOptions.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f'--resume={run_dir}: {path} does not hold the options of a train_art.py run ({exc}); '
+                        f'give the run directory train_art.py made') from None
+    if network is not None and network != opts.network:
+        raise UserError(f'--resume: the run learned for {opts.network}, not {network}')
+    fresh = [key for key in explicit if key in NEW_RUN_OPTIONS]
+    if fresh:
+        raise not_options(fresh, '--resume, which continues the run in its own folder')
+    if 'method' in explicit:
+        check_resumed('method', explicit['method'], opts.method)
+    check_method_options(opts.method, rl, explicit)
+    try:
+        cfg = rl_config(opts.preset, opts.rl, opts.steps[0])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise UserError(f'--resume={run_dir}: the run\'s ART-RL options do not fit this version ({exc}); '
+                        f'start a new run') from None
+    check_preset_options(opts.preset, rl, f'the {opts.preset} preset of the run being resumed')
+    for key, value in rl.items():
+        check_resumed(key, value, getattr(cfg, key))
+    for key, value in explicit.items():
+        if not (key == 'preset' and value == 'auto'):
+            check_resumed(key, value, getattr(opts, key))
+    return opts
+
+
+def check_resumed(key: str, given: Any, run: Any) -> None:
+    """UserError when an option given with --resume differs from the run's value (options left out keep it)."""
+    if given != run:
+        flag = option_flag(key)
+        given, run = (','.join(map(str, value)) if isinstance(value, list) else value for value in (given, run))
+        raise UserError(f'--resume: {flag}={given} differs from the run being resumed ({flag}={run}); leave {flag} '
+                        f'out to keep the run\'s value')
+
+
+def check_resumed_preset(opts: RunOptions, preset: Optional[str], net: torch.nn.Module) -> None:
+    """UserError when --preset=auto given with --resume picks another preset for the run's network than the run's
+    (resume_options checks every other preset)."""
+    if preset == 'auto' and auto_preset(net) != opts.preset:
+        raise UserError(f'--resume: --preset=auto picks {auto_preset(net)} for this network, but the run being resumed '
+                        f'uses --preset={opts.preset}; leave --preset out to keep the run\'s value')
+
+
+@contextlib.contextmanager
+def disk_errors(run_dir: str, new: bool = False) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing a run into a UserError that says how to go on; with new=True (the
+    run folder was just made) the folder is removed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if new:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        then = ('no run folder was made; free space and run again' if new else
+                f'what was written is complete: free space and continue with --resume={run_dir}')
+        raise UserError(f'{exc.filename or run_dir}: {os.strerror(exc.errno).lower()}; {then}') from None
+
+
+def make_run_dir(run_dir: str, opts: RunOptions) -> None:
+    """Make a new run folder holding training_options.json; UserError (and no folder left) when it cannot be made."""
+    try:
+        os.makedirs(run_dir)
+    except OSError as exc:
+        raise UserError(f'cannot make the run folder {run_dir} ({exc.strerror or exc}); pass a shorter --desc or '
+                        f'another --outdir') from None
+    with disk_errors(run_dir, new=True):
+        dnnlib.util.atomic_write_json(os.path.join(run_dir, 'training_options.json'), dataclasses.asdict(opts))
 
 
 def snapshot_path(run_dir: str, tag: str, rank: int) -> str:
@@ -108,6 +285,15 @@ def schedule_path(run_dir: str, num_steps: int) -> str:
     return os.path.join(run_dir, f'schedule-k{num_steps}.json')
 
 
+def _json_row(line: str) -> Optional[dict]:
+    """A stats.jsonl line as a dict; None for a blank or torn line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and 'learner' in row and 'iteration' in row else None
+
+
 class StatsLog:
     """stats.jsonl, with rows of iterations after a resumed snapshot dropped so that the file stays consistent."""
 
@@ -115,11 +301,12 @@ class StatsLog:
         self.path, self.enabled = os.path.join(run_dir, 'stats.jsonl'), enabled
 
     def truncate(self, tag: str, iteration: int) -> None:
-        """Drop rows of this learner beyond `iteration` (they are recomputed after a resume)."""
+        """Drop rows of this learner beyond `iteration` (they are recomputed after a resume), and a row torn by a kill
+        or a full disk."""
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            rows = [row for row in map(_json_row, f) if row is not None]
         keep = [row for row in rows if row['learner'] != tag or row['iteration'] <= iteration]
         dnnlib.util.atomic_write_text(self.path, ''.join(json.dumps(r) + '\n' for r in keep))
 
@@ -135,7 +322,8 @@ def finish_schedule(schedule: Schedule, net: torch.nn.Module, opts: RunOptions) 
     schedule.provenance.setdefault('network', opts.network)
     schedule.provenance['run_options'] = dataclasses.asdict(opts)
     if isinstance(net, GaussianModel):
-        schedule.metrics[f'w2_{schedule.solver or "euler"}_exact'] = exact_w2(net, schedule.sigmas, schedule.solver or 'euler')
+        solver = schedule.solver or 'euler'
+        schedule.metrics[f'w2_{solver}_exact'] = exact_w2(net, schedule.sigmas, solver)
     return schedule
 
 
@@ -159,7 +347,7 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
         except (ValueError, RuntimeError, KeyError) as exc:
             raise UserError(f'cannot resume from {snapshot}: {str(exc).splitlines()[0]}') from None
         dist.print0(f'Resuming {tag} from iteration {learner.iteration} ({snapshot})')
-        stats_log.truncate(tag, learner.iteration)
+    stats_log.truncate(tag, learner.iteration)        # rows past the snapshot (or of a run stopped before the first)
 
     def save_snapshot() -> None:
         state = learner.state_dict()
@@ -173,7 +361,8 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
             try:
                 stats = learner.step()
             except ARTDivergence as exc:
-                kept = f'the last good snapshot is kept in {snapshot}' if os.path.exists(snapshot) else 'no snapshot yet'
+                kept = (f'the last good snapshot is kept in {snapshot}' if os.path.exists(snapshot)
+                        else 'no snapshot yet')
                 raise UserError(f'{tag}: training diverged at iteration {learner.iteration} ({exc}); '
                                 f'{kept}') from None
             stats_log.append(dict(learner=tag, **stats, sec_per_iter=round(time.perf_counter() - start, 5),
@@ -237,6 +426,20 @@ def train_schedules(net: torch.nn.Module, run_dir: str, opts: RunOptions, device
     if dist.get_rank() == 0:
         plot_run(run_dir, net, paths)
     return paths
+
+
+def train_run(net: torch.nn.Module, run_dir: str, opts: RunOptions, device: torch.device) -> List[str]:
+    """train_schedules with the console copied to the run's log.txt (rank 0); a full disk is a UserError that says how
+    to go on."""
+    with disk_errors(run_dir):
+        logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a', should_flush=True) \
+            if dist.get_rank() == 0 else None
+        try:
+            dist.print0(f'Run directory: {run_dir}')
+            return train_schedules(net, run_dir, opts, device)
+        finally:
+            if logger is not None:
+                logger.close()
 
 
 def plot_run(run_dir: str, net: torch.nn.Module, paths: List[str]) -> str:

@@ -1,4 +1,6 @@
 """train_art.py / art.train: run directory, exact resume after kill -9, torchrun equivalence, pickles, bad input."""
+import dataclasses
+import errno
 import json
 import os
 import signal
@@ -13,10 +15,12 @@ import torch
 from art.analytic import load_analytic
 from art.networks import load_network_spec
 from art.schedules import load_schedule
-from art.train import auto_preset
-from conftest import ROOT, cli_error, tiny_edm_net, write_network_pkl
+from art import train as art_train
+from art.train import MAX_BATCH, MAX_CF_SAMPLES, MAX_ITERS, MAX_POOL, RunOptions, auto_preset, steps_name
+from conftest import ROOT, cli_error, run_cli_in_process, tiny_edm_net, write_network_pkl
 from dnnlib.util import UserError
 from edm.denoiser import Denoiser
+from edm.grids import MAX_STEPS
 from edm.guidance import guided_spec
 from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
@@ -35,6 +39,7 @@ def _only_run_dir(outdir):
     return os.path.join(outdir, name)
 
 
+@pytest.mark.slow
 def test_run_directory_and_schedule_file(tmp_path):
     out = _train(RL + [f'--outdir={tmp_path}', '--iters=30', '--batch=4', '--snap=10', '--desc=t'])
     assert out.returncode == 0, out.stderr
@@ -68,6 +73,7 @@ def test_auto_preset_is_paper_only_for_one_dimensional_models():
     assert auto_preset(tiny_edm_net()) == 'images'
 
 
+@pytest.mark.slow
 def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
     out = _train(['--network=analytic:gauss:std=0.5,shape=1x2x2', '--steps=2', '--iters=1', '--batch=1',
                   f'--outdir={tmp_path}', '--device=cpu'])
@@ -79,6 +85,7 @@ def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
     assert 'snapshot-clock.pt' in os.listdir(run)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     args = RL + ['--iters=60', '--batch=4', '--snap=5', '--seed=7']
     ref = _train(args + [f'--outdir={tmp_path / "ref"}'])
@@ -112,6 +119,7 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     assert not [name for name in os.listdir(run) if name.startswith('.')], 'temporary files left behind'
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
     one = _train(RL + ['--iters=20', '--batch=4', f'--outdir={tmp_path / "one"}'])
     assert one.returncode == 0, one.stderr
@@ -124,6 +132,7 @@ def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
     assert b.provenance['processes'] == 2 and b.provenance['trajectories_per_iteration'] == 4
 
 
+@pytest.mark.slow
 def test_pickle_end_to_end_then_generate(tmp_path):
     pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3, **FLAT))
     out = _train([f'--network={pkl}', '--steps=5,3', '--iters=1', '--batch=2', '--preset=images',
@@ -158,10 +167,21 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     (['--network=analytic:gauss1d', '--guidance=2'], '--guidance needs a guiding network: give --gnet'),
     (['--network=analytic:gauss1d', '--gnet=/no/g.pkl', '--guidance=2'], 'an analytic model takes no guiding network'),
     (['--resume=/no/such/run', '--gnet=/no/g.pkl', '--guidance=2'], 'give --network as well'),
+    (['--network=analytic:gauss1d', '--steps=3,5,3'], '--steps gives K=3 more than once'),
+    (['--network=analytic:gauss1d', f'--steps=1-{MAX_STEPS + 1}'], f'<= {MAX_STEPS:,}'),     # edm.cli's shared cap
+    (['--network=analytic:gauss1d', '--method=closed-form', '--lr=0.1', '--batch=2'],
+     '--lr, --batch: not options of --method=closed-form'),
+    (['--network=analytic:gauss1d', '--method=gits', '--preset=paper'], '--preset: not an option of --method=gits'),
+    (['--network=analytic:gauss1d', '--cf-samples=8'], '--cf-samples: not an option of --method=art-rl'),
+    (['--network=analytic:gauss1d', '--method=closed-form', f'--cf-samples={10 ** 9}'], f'1<=x<={MAX_CF_SAMPLES}'),
+    (['--network=analytic:gauss1d', f'--batch={10 ** 9}'], f'1<=x<={MAX_BATCH}'),
+    (['--network=analytic:gauss1d', f'--iters={10 ** 9}'], f'1<=x<={MAX_ITERS}'),
+    (['--network=analytic:gauss1d', f'--pool={10 ** 9}'], f'1<=x<={MAX_POOL}'),
+    (['--network=analytic:gauss1d', '--desc=' + 'x' * 300], 'pass a shorter --desc'),
 ])
 def test_bad_input(tmp_path, args, pattern):
     assert pattern in cli_error(['train_art.py'] + args + [f'--outdir={tmp_path / "runs"}', '--device=cpu'])
-    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').rglob('schedule-*.json'))
+    assert not (tmp_path / 'runs').exists()
 
 
 @pytest.mark.parametrize('args, words', [
@@ -183,6 +203,7 @@ def test_bad_paths_and_files_are_one_line_and_write_nothing(tmp_path, args, word
     assert sorted(str(p) for p in tmp_path.rglob('*')) == before
 
 
+@pytest.mark.slow
 def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):
     net = tiny_edm_net(**FLAT)
     with torch.no_grad():
@@ -225,6 +246,7 @@ def test_guided_spec_loads_as_one_guided_network(tmp_path):
 
 
 @pytest.mark.parametrize('guided', [False, True])
+@pytest.mark.slow
 def test_edm2_closed_form_then_generate(tmp_path, guided):
     # Toy size: the closed form evaluates Q by a JVP at each of its 256 reference levels (about 10 s, 20 s guided).
     net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
@@ -250,3 +272,110 @@ def test_edm2_closed_form_then_generate(tmp_path, guided):
     assert 'Note:' not in generate(guide_args, 'img')                          # the field it was learned on
     if guided:                                                                 # the unguided field is another one
         assert f'was made for {field}, not {net}' in generate([], 'unguided')
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run folders, resumed options, a full disk.
+
+@pytest.mark.parametrize('steps, name', [
+    ([10], 'k10'), ([5, 10, 18], 'k5_10_18'), ([2, 3, 5, 7, 10, 18], 'k2_3_5_7_10_18'),
+    (list(range(1, 10_001)), 'k1-10000'), ([18, 1, 2, 3, 4], 'k18_1-4'),
+    (list(range(2, 1000, 2)), 'k2-998_499values'),
+])
+def test_run_folder_name_stays_short(steps, name):
+    assert steps_name(steps) == name and len(name) <= art_train.RUN_NAME_STEPS
+
+
+def _resumable_run(tmp_path, **options):
+    """A run folder whose training_options.json holds these options (nothing trained: the checks come first)."""
+    run = tmp_path / '00000-run'
+    run.mkdir(parents=True)
+    opts = RunOptions(**dict(dict(network='analytic:gauss1d', steps=[3, 5], method='art-rl', preset='paper',
+                                  rl=dict(seed=0, batch=2), snap=5, cf_samples=256, solver='euler', world_size=1),
+                             **options))
+    (run / 'training_options.json').write_text(json.dumps(dataclasses.asdict(opts)))
+    return run
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--steps=3'], '--steps=3 differs from the run being resumed (--steps=3,5); leave --steps out'),
+    (['--steps=5,3'], '--steps=5,3 differs from the run being resumed (--steps=3,5)'),
+    (['--method=closed-form', '--cf-samples=8'],
+     '--method=closed-form differs from the run being resumed (--method=art-rl)'),
+    (['--solver=heun'], '--solver=heun differs from the run being resumed (--solver=euler)'),
+    (['--preset=images'], '--preset=images differs from the run being resumed (--preset=paper)'),
+    (['--snap=7'], '--snap=7 differs from the run being resumed (--snap=5)'),
+    (['--batch=3'], '--batch=3 differs from the run being resumed (--batch=2)'),
+    (['--seed=1'], '--seed=1 differs from the run being resumed (--seed=0)'),
+    (['--cf-samples=8'], '--cf-samples: not an option of --method=art-rl'),
+    (['--pool=4'], '--pool: not an option of the paper preset of the run being resumed'),
+    (['--desc=x'], '--desc: not an option of --resume'),
+])
+def test_resume_refuses_options_that_differ_from_the_run(tmp_path, args, words):
+    run = _resumable_run(tmp_path)
+    before = sorted(run.rglob('*'))
+    assert words in cli_error(['train_art.py', f'--resume={run}', '--device=cpu'] + args)
+    assert sorted(run.rglob('*')) == before
+
+
+def test_resume_refuses_an_auto_preset_that_picks_another_learner(tmp_path):
+    run = _resumable_run(tmp_path, preset='images')          # the 1-D model's auto preset is paper
+    assert '--preset=auto picks paper for this network, but the run being resumed uses --preset=images' in cli_error(
+        ['train_art.py', f'--resume={run}', '--device=cpu', '--preset=auto'])
+
+
+def test_resume_takes_the_run_s_own_values_and_learner_options_only_for_art_rl(tmp_path):
+    run = _resumable_run(tmp_path)
+    opts = art_train.resume_options(str(run), dict(batch=2, seed=0), None,
+                                    dict(steps=[3, 5], method='art-rl', preset='paper', snap=5, solver='euler'))
+    assert opts.steps == [3, 5] and opts.rl == dict(seed=0, batch=2)
+    cf_run = _resumable_run(tmp_path / 'cf', method='closed-form', rl=dict(seed=0))
+    with pytest.raises(UserError, match='--lr: not an option of --method=closed-form'):
+        art_train.resume_options(str(cf_run), dict(lr=0.1), None, {})
+
+
+def _disk_full_at(monkeypatch, part):
+    """Make atomic writes of files whose name contains `part` fail as on a full disk, after writing some bytes."""
+    write = art_train.dnnlib.util.atomic_write
+
+    def full(path, fn):
+        if part not in os.path.basename(path):
+            return write(path, fn)
+
+        def partial(f):
+            f.write(b'{"partial')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, partial)
+    monkeypatch.setattr(art_train.dnnlib.util, 'atomic_write', full)
+
+
+ONE_ITERATION = ['train_art.py', '--network=analytic:gauss1d', '--steps=2', '--iters=1', '--batch=1', '--device=cpu']
+
+
+def test_disk_full_on_a_new_run_leaves_no_run_folder(tmp_path, monkeypatch):
+    _disk_full_at(monkeypatch, 'training_options')
+    line = cli_error(ONE_ITERATION + [f'--outdir={tmp_path / "runs"}'])
+    assert 'no space left on device' in line and 'no run folder was made' in line
+    assert os.listdir(tmp_path / 'runs') == []
+
+
+def test_disk_full_mid_run_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    _disk_full_at(monkeypatch, 'snapshot-k2')
+    line = cli_error(ONE_ITERATION + [f'--outdir={tmp_path / "runs"}'])
+    run = _only_run_dir(tmp_path / 'runs')
+    assert 'snapshot-k2.pt: no space left on device' in line and f'--resume={run}' in line
+    assert sorted(os.listdir(run)) == ['log.txt', 'stats.jsonl', 'training_options.json']   # no partial snapshot
+    monkeypatch.undo()
+    monkeypatch.setattr(art_train, 'plot_run', lambda *args: None)                  # not under test; 0.8 s
+    code, _, err = run_cli_in_process(['train_art.py', f'--resume={run}', '--device=cpu'])
+    assert code == 0, err
+    assert load_schedule(os.path.join(run, 'schedule-k2.json'), num_steps=2).provenance['iterations'] == 1
+    assert [json.loads(line)['iteration'] for line in open(os.path.join(run, 'stats.jsonl'))] == [1]
+
+
+def test_stats_rows_torn_by_a_kill_or_a_full_disk_are_dropped_on_resume(tmp_path):
+    rows = [dict(learner='k5', iteration=i) for i in (1, 2, 3)] + [dict(learner='k3', iteration=1)]
+    (tmp_path / 'stats.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"learner": "k5", "it')
+    art_train.StatsLog(str(tmp_path), enabled=True).truncate('k5', 2)
+    kept = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    assert kept == rows[:2] + rows[3:]
