@@ -15,7 +15,7 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyp
 	touch $(VENV_STAMP)
 
 test: $(VENV_STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist=worksteal tests
 
 demo: $(VENV_STAMP)
 	$(PY) -m art.demo --steps=10 --outdir=demo-out

@@ -53,6 +53,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_cli_on_a_guided_edm2_network(tmp_path):
     net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
     guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)))

@@ -80,6 +80,7 @@ class _ProjectionDetector(torch.nn.Module):
         return images.to(torch.float64).flatten(1) @ self.weight / 255
 
 
+@pytest.mark.slow
 def test_fid_metric_with_repeats_orders_budgets(tmp_path):
     from art.compare import SeedSet
     from edm import fid

@@ -12,6 +12,7 @@ from dnnlib.util import UserError
 from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 
 
+@pytest.mark.slow
 def test_demo_writes_comparison_and_art_beats_edm(tmp_path):
     assert shipped_schedule_path(DEFAULT_NETWORK, 10) is not None, 'no schedule shipped for the default network'
     summary = run_demo(DEFAULT_NETWORK, 10, str(tmp_path), seeds=[0, 1, 2, 3])

@@ -158,6 +158,7 @@ TORCHRUN_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks(tmp_path):
     script = tmp_path / 'two_ranks.py'
     script.write_text(TORCHRUN_SCRIPT)

@@ -330,6 +330,7 @@ def test_bad_reference_files_are_refused(tmp_path, content, message):
 # The CLI, one and two processes.
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_statistics_of_one(small_images, fake_detector, tmp_path):
     detector = fid.load_detector(fake_detector)
     mu, sigma = fid.calculate_inception_stats(str(small_images), detector=detector, max_batch_size=5, progress=False)
@@ -433,6 +434,7 @@ def _fmnist_test_images(count: int) -> np.ndarray:
     return read_idx(path)[:count].copy()
 
 
+@pytest.mark.slow
 def test_lenet_calc_and_ref_end_to_end(tmp_path):
     from edm import lenet
     images = _fmnist_test_images(64)
@@ -506,6 +508,7 @@ def _patterns(rng: np.random.RandomState, count: int, size: int, gray: bool) -> 
 
 
 @pytest.mark.parametrize('size, gray', [(64, False), (32, True)])
+@pytest.mark.slow
 def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
     _offline_or_skip()
     n = 8

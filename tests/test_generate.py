@@ -29,6 +29,7 @@ def _run(args, tmp_path, torchrun=False):
     return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_generate_writes_pngs_and_torchrun_is_byte_identical(tmp_path, tiny_pkl):
     # Batches of 2 on both sides: one process and two ranks then sample the same batches ([0, 1], [2, 3], ...), so each
     # image comes from the same arithmetic; in a batch of another size the network may round a sample differently in
@@ -114,6 +115,7 @@ def _edm2_pkls(tmp_path) -> dict:
                                    encoder=StabilityVAEEncoder(vae_name=str(tmp_path / 'no-vae'))))
 
 
+@pytest.mark.slow
 def test_edm2_network_with_and_without_a_guide(tmp_path):
     pkls = _edm2_pkls(tmp_path)
     common = [f'--network={pkls["net"]}', '--seeds=0-2', '--steps=3', '--device=cpu']

@@ -19,6 +19,7 @@ def _run(args):
                           text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
+@pytest.mark.slow
 def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
     save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0], solver='euler', provenance={'network': 'analytic:gauss1d'}),
                   tmp_path / 's.json')

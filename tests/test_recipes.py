@@ -17,6 +17,7 @@ def _run(cmd):
     return out
 
 
+@pytest.mark.slow
 def test_readme_recipes_run_scaled_down(tmp_path):
     readme = (ROOT / 'README.md').read_text()
     recipes = readme[readme.index('## Recipes'):readme.index('## Results')]

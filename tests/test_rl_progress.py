@@ -22,6 +22,7 @@ def run(net, cfg: ProgressConfig) -> ProgressLearner:
     return learner
 
 
+@pytest.mark.slow
 def test_schedule_does_not_depend_on_the_exploration_variance(gauss1d):
     """The analogue of Thm 3.2 (docs/art-rl.md eq. R4): the minimiser of the randomised objective is the deterministic
     optimum whatever the exploration variance lam = log_std**2 of the log-normal policy.  Measured (200 iterations on a
@@ -38,6 +39,7 @@ def test_schedule_does_not_depend_on_the_exploration_variance(gauss1d):
     assert max(gauss_w2(g[0], 1.0) for g in grids) < 0.345 + 0.005
 
 
+@pytest.mark.slow
 def test_learns_a_schedule_that_beats_edm(tmp_path):
     """On a small image-shaped mixture, 100 iterations of the images preset (fine psi-grid, deployed K = 5) give a
     schedule whose Euler endpoint error is clearly below EDM rho=7's (measured 0.62 x EDM on this 16-step psi-grid,
@@ -93,6 +95,7 @@ def test_invalid_options_are_refused():
             ProgressConfig(**other_learners)
 
 
+@pytest.mark.slow
 def test_replay_pool_computes_each_trajectory_once_and_still_beats_edm(tmp_path):
     """With pool=32 the error densities of 32 trajectories are computed once and replayed with fresh policy noise for
     200 iterations x 8: 32 rollouts instead of 1,600 (measured here: rms 1.082 against 1.073 with fresh rollouts and

@@ -36,6 +36,7 @@ def learned(gauss1d):
     return {lam: train(gauss1d, 500, lam=lam).distill() for lam in (0.03, 0.1, 0.3)}
 
 
+@pytest.mark.slow
 def test_learned_schedule_beats_uniform_and_approaches_optimum(learned):
     uniform = w2(np.linspace(3.0, 0.0, 3))                          # .465; closed-form optimum .349
     for sched in learned.values():

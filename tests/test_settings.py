@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import art.settings
 from art.analytic import load_analytic, write_random_gmm
@@ -21,6 +22,7 @@ def test_exact_reference_statistics(tmp_path):
     assert abs(ref['mu'] - again['mu']).max() < 1e-5 * abs(ref['mu']).max()      # the same draws in other batches
 
 
+@pytest.mark.slow
 def test_trained_setting_at_toy_size(tmp_path, monkeypatch):
     """Every method's column on the embedded network, end to end at toy size (2 latents, tiny grids): the closed form
     and art-rl come from schedule files (their provenance gives the cost), gits and direct are made here."""

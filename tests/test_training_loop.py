@@ -348,6 +348,7 @@ def test_cli_refuses_images_that_are_not_square(tmp_path):
         build_config(_parse(f'--outdir={tmp_path / "out"}', f'--data={tmp_path / "data"}', '--device=cpu'))
 
 
+@pytest.mark.slow
 def test_cli_train_and_resume(run, tmp_path):
     data, _ = run
     outdir = tmp_path / 'runs'
