@@ -310,6 +310,40 @@ def test_logger_tees_stdout_to_file(tmp_path):
     assert log.read_text() == 'hello log\nto stderr\n'
 
 
+def test_logger_on_a_full_disk_restores_the_console_and_raises(tmp_path):
+    class FullFile(io.StringIO):                  # as a file on a full disk: flush fails, close flushes first
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            try:
+                self.flush()
+            finally:
+                super().close()
+
+    saved = sys.stdout, sys.stderr
+    logger = util.Logger()
+    logger.file = FullFile()
+    with pytest.raises(OSError):
+        print('refused')
+    with pytest.raises(OSError):
+        logger.close()
+    assert (sys.stdout, sys.stderr) == saved and logger.file is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run folders.
+
+def test_next_run_dir_numbers_after_the_largest_leading_number_of_a_folder(tmp_path):
+    assert util.next_run_dir(str(tmp_path / 'missing'), 'a') == str(tmp_path / 'missing' / '00000-a')
+    for name in ('00003-x', '7-y', '12', 'z99'):
+        (tmp_path / name).mkdir()
+    (tmp_path / '00050-file').write_text('')                       # a file is not a run
+    assert util.next_run_dir(str(tmp_path), 'd') == str(tmp_path / '00013-d')
+    (tmp_path / '123456-big').mkdir()
+    assert util.next_run_dir(str(tmp_path), 'd') == str(tmp_path / '123457-d')
+
+
 @pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
 def test_atomic_write_gives_the_umask_mode(tmp_path, umask, mode):
     old = os.umask(umask)
