@@ -348,8 +348,8 @@ def main(source: str, dest: str, max_images: Optional[int], transform: Optional[
 
     The input dataset format is guessed from the --source argument: a folder of images (labels from dataset.json
     or top-level folder names), an image zip, cifar-10-python.tar.gz, or MNIST-format train-images-idx3-ubyte.gz
-    (with train-labels-idx1-ubyte.gz next to it; padded to 32x32, or native with --resolution=28x28). The output is a zip (--dest=*.zip) or a
-    folder of uncompressed PNGs plus dataset.json.
+    (with train-labels-idx1-ubyte.gz next to it; padded to 32x32, or native with --resolution=28x28). The output is
+    a zip (--dest=*.zip) or a folder of uncompressed PNGs plus dataset.json.
     """
     convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)
 

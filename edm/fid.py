@@ -79,7 +79,8 @@ def list_image_files(path: str) -> List[str]:
 
 
 def subset_indices(count: int, max_size: Optional[int], seed: int = 0) -> np.ndarray:
-    """Indices kept out of `count` images (upstream's max_size rule): all, or RandomState(seed % 2**31) shuffle, cut, sort."""
+    """Indices kept out of `count` images (upstream's max_size rule): all, or RandomState(seed % 2**31) shuffle, cut,
+    sort."""
     idx = np.arange(count, dtype=np.int64)
     if max_size is not None and count > max_size:
         np.random.RandomState(seed % (1 << 31)).shuffle(idx)
@@ -88,7 +89,8 @@ def subset_indices(count: int, max_size: Optional[int], seed: int = 0) -> np.nda
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The images of a folder or zip as uint8 CHW arrays (1 channel for grayscale, else 3), upstream's order and subset."""
+    """The images of a folder or zip as uint8 CHW arrays (1 channel for grayscale, else 3), upstream's order and
+    subset."""
 
     def __init__(self, path: str, max_size: Optional[int] = None, random_seed: int = 0):
         self.path = path
@@ -480,7 +482,8 @@ def load_reference(spec: str, dim: int = FEATURE_DIM) -> Dict[str, np.ndarray]:
 
 def save_reference(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write `np.savez` with exactly mu and sigma (float64) to `path` atomically (temporary file, then rename)."""
-    dnnlib.util.atomic_write(path, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64)))
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    dnnlib.util.atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from torch_utils import distributed as dist
 
 
 @click.command(cls=Command)
-@click.option('--network', 'network_pkl', help='Network pickle filename or URL', metavar='PATH|URL', type=str, required=True)
+@click.option('--network', 'network_pkl', help='Network pickle filename or URL', metavar='PATH|URL', type=str,
+              required=True)
 @generate_options()
 @click.option('--solver', help='Ablate ODE solver', type=click.Choice(['euler', 'heun']))
 @guidance_options()

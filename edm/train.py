@@ -51,7 +51,8 @@ def loss_config(precond: str) -> dnnlib.EasyDict:
 # Main options.
 @click.option('--outdir', help='Where to save the results', metavar='DIR', type=str, required=True)
 @click.option('--data', help='Path to the dataset', metavar='ZIP|DIR', type=str, required=True)
-@click.option('--cond', help='Train class-conditional model', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--cond', help='Train class-conditional model', metavar='BOOL', type=bool, default=False,
+              show_default=True)
 @click.option('--arch', help='Network architecture', metavar='ddpmpp|ncsnpp|adm',
               type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
 @click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm',

@@ -38,7 +38,8 @@ def test_folder_with_dataset_json_to_zip_round_trip(tmp_path):
     names = [f'a/{k}.png' for k in range(5)]
     imgs = _images(src, names)
     src_labels = {n: (7 * k) % 4 for k, n in enumerate(names)}
-    (src / 'dataset.json').write_text(json.dumps({'labels': [[n.replace('/', '\\'), l] for n, l in src_labels.items()]}))
+    labels = [[n.replace('/', '\\'), label] for n, label in src_labels.items()]
+    (src / 'dataset.json').write_text(json.dumps({'labels': labels}))
     dest = tmp_path / 'out.zip'
     assert convert_dataset(str(src), str(dest), progress=False) == 5
 
@@ -63,7 +64,7 @@ def test_top_level_folder_labels_and_folder_dest(tmp_path):
     dest = tmp_path / 'outdir'
     convert_dataset(str(src), str(dest), progress=False, max_images=3)
     meta = json.loads((dest / 'dataset.json').read_text())
-    assert [l for _, l in meta['labels']] == [0, 0, 1]
+    assert [label for _, label in meta['labels']] == [0, 0, 1]
     ds = ImageFolderDataset(str(dest), use_labels=True)
     assert ds.num_channels == 1 and ds.label_dim == 2
 
@@ -144,8 +145,8 @@ def test_errors(tmp_path):
 
 def test_cli_one_line_error(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    res = subprocess.run([sys.executable, '-m', 'edm.dataset_tool', f'--source={tmp_path}/none', f'--dest={tmp_path}/o.zip'],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, '-m', 'edm.dataset_tool', f'--source={tmp_path}/none',
+                          f'--dest={tmp_path}/o.zip'], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0
     assert res.stderr.strip().count('\n') == 0 and res.stderr.startswith('error:') and 'does not exist' in res.stderr
 

@@ -271,17 +271,19 @@ def training_loop(
 
         # Print status line, accumulating the same information in training_stats.
         tick_end_time = time.time()
-        fields = []
-        fields += [f"tick {training_stats.report0('Progress/tick', cur_tick):<5d}"]
-        fields += [f"kimg {training_stats.report0('Progress/kimg', cur_nimg / 1e3):<9.1f}"]
-        fields += [f"time {dnnlib.util.format_time(training_stats.report0('Timing/total_sec', tick_end_time - start_time)):<12s}"]
-        fields += [f"sec/tick {training_stats.report0('Timing/sec_per_tick', tick_end_time - tick_start_time):<7.1f}"]
-        fields += [f"sec/kimg {training_stats.report0('Timing/sec_per_kimg', (tick_end_time - tick_start_time) / max(cur_nimg - tick_start_nimg, 1) * 1e3):<7.2f}"]
-        fields += [f"maintenance {training_stats.report0('Timing/maintenance_sec', maintenance_time):<6.1f}"]
-        fields += [f"cpumem {training_stats.report0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30):<6.2f}"]
+        tick_sec, tick_nimg = tick_end_time - tick_start_time, max(cur_nimg - tick_start_nimg, 1)
+        report, gib = training_stats.report0, 2 ** 30
+        fields = [f"tick {report('Progress/tick', cur_tick):<5d}",
+                  f"kimg {report('Progress/kimg', cur_nimg / 1e3):<9.1f}",
+                  f"time {dnnlib.util.format_time(report('Timing/total_sec', tick_end_time - start_time)):<12s}",
+                  f"sec/tick {report('Timing/sec_per_tick', tick_sec):<7.1f}",
+                  f"sec/kimg {report('Timing/sec_per_kimg', tick_sec / tick_nimg * 1e3):<7.2f}",
+                  f"maintenance {report('Timing/maintenance_sec', maintenance_time):<6.1f}",
+                  f"cpumem {report('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / gib):<6.2f}"]
         if cuda:  # GPU memory statistics only exist on CUDA; no CUDA call is made on a CPU run
-            fields += [f"gpumem {training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30):<6.2f}"]
-            fields += [f"reserved {training_stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30):<6.2f}"]
+            peak, reserved = torch.cuda.max_memory_allocated(device) / gib, torch.cuda.max_memory_reserved(device) / gib
+            fields += [f"gpumem {report('Resources/peak_gpu_mem_gb', peak):<6.2f}",
+                       f"reserved {report('Resources/peak_gpu_mem_reserved_gb', reserved):<6.2f}"]
             torch.cuda.reset_peak_memory_stats()
         dist.print0(' '.join(fields))
 
@@ -317,7 +319,8 @@ def training_loop(
         if rank == 0:
             if stats_jsonl is None:
                 stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-            stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
+            entry = dict(training_stats.default_collector.as_dict(), timestamp=time.time())
+            stats_jsonl.write(json.dumps(entry) + '\n')
             stats_jsonl.flush()
         dist.update_progress(cur_nimg // 1000, total_kimg)
 
