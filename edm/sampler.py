@@ -7,7 +7,7 @@ precision `dtype` (float64 by default, as EDM's sampler; EDM2's works in float32
 call `sample`. With the linear schedule and no scaling the arithmetic is that of upstream's samplers operation for
 operation, so results are bit-identical given the same grid and network outputs (EDM2's guided blend is taken in the
 networks' precision, float32, where upstream takes it in the working dtype: float64 runs differ by its round-off).
-Networks without EDM's interface (EDM2's Precond) and guided networks are seen through edm.guidance.GuidedDenoiser.
+Networks without EDM's interface (EDM2's Precond) and guided networks are seen through edm.denoiser.Denoiser.
 
 Solvers: one step function each, in SOLVER_STEPS by name, all with one signature (euler_step); `sample` and the
 schedule methods (art.direct, art.gits, art.closed_form, art.rl_progress) take their steps from there. One step from t
