@@ -29,7 +29,11 @@ RL = ['--network=analytic:gauss1d', '--steps=5', '--lr=3e-4', '--gamma-lr=3e-4',
 FLAT = dict(channel_mult=[1], attn_resolutions=[])   # tiny_edm_net with the fewest layers per forward-mode pass
 
 
-def _train(args, torchrun=False, **kw):
+def _train(args, torchrun=False, in_process=False, **kw):
+    """Run train_art.py in a new process (two under torchrun), or in_process its click main (the same code without
+    a torch import per run)."""
+    if in_process:
+        return subprocess.CompletedProcess(args, *run_cli_in_process(['train_art.py'] + args))
     cmd = [TORCHRUN, '--standalone', '--nproc_per_node=2'] if torchrun else [sys.executable]
     return subprocess.run(cmd + ['train_art.py'] + args, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
 
@@ -41,7 +45,7 @@ def _only_run_dir(outdir):
 
 @pytest.mark.slow
 def test_run_directory_and_schedule_file(tmp_path):
-    out = _train(RL + [f'--outdir={tmp_path}', '--iters=30', '--batch=4', '--snap=10', '--desc=t'])
+    out = _train(RL + [f'--outdir={tmp_path}', '--iters=30', '--batch=4', '--snap=10', '--desc=t'], in_process=True)
     assert out.returncode == 0, out.stderr
     run = _only_run_dir(tmp_path)
     assert os.path.basename(run) == '00000-t-k5'
@@ -61,7 +65,7 @@ def test_run_directory_and_schedule_file(tmp_path):
     assert 'Run directory' in open(os.path.join(run, 'log.txt')).read()
     # A second run gets the next id.
     out = _train(['--network=analytic:gauss1d', '--steps=3', '--method=closed-form', '--cf-samples=8',
-                  f'--outdir={tmp_path}', '--device=cpu'])
+                  f'--outdir={tmp_path}', '--device=cpu'], in_process=True)
     assert out.returncode == 0, out.stderr
     assert sorted(os.listdir(tmp_path))[1].startswith('00001-closed-form-gauss1d-k3')
 
@@ -76,7 +80,7 @@ def test_auto_preset_is_paper_only_for_one_dimensional_models():
 @pytest.mark.slow
 def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
     out = _train(['--network=analytic:gauss:std=0.5,shape=1x2x2', '--steps=2', '--iters=1', '--batch=1',
-                  f'--outdir={tmp_path}', '--device=cpu'])
+                  f'--outdir={tmp_path}', '--device=cpu'], in_process=True)
     assert out.returncode == 0, out.stderr
     run = _only_run_dir(tmp_path)
     assert json.load(open(os.path.join(run, 'training_options.json')))['preset'] == 'images'
@@ -88,7 +92,7 @@ def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     args = RL + ['--iters=60', '--batch=4', '--snap=5', '--seed=7']
-    ref = _train(args + [f'--outdir={tmp_path / "ref"}'])
+    ref = _train(args + [f'--outdir={tmp_path / "ref"}'], in_process=True)
     assert ref.returncode == 0, ref.stderr
     expected = load_schedule(os.path.join(_only_run_dir(tmp_path / 'ref'), 'schedule-k5.json')).sigmas
 
@@ -109,7 +113,7 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
     snapshot = torch.load(os.path.join(run, 'snapshot-k5.pt'), weights_only=True)   # never half-written
     assert 20 <= snapshot['iteration'] < 60
 
-    resumed = _train(['--resume', run, '--device=cpu'])
+    resumed = _train(['--resume', run, '--device=cpu'], in_process=True)
     assert resumed.returncode == 0, resumed.stderr
     assert 'Resuming k5 from iteration' in resumed.stdout
     got = load_schedule(os.path.join(run, 'schedule-k5.json')).sigmas
@@ -121,7 +125,7 @@ def test_kill_and_resume_gives_the_same_schedule(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
-    one = _train(RL + ['--iters=20', '--batch=4', f'--outdir={tmp_path / "one"}'])
+    one = _train(RL + ['--iters=20', '--batch=4', f'--outdir={tmp_path / "one"}'], in_process=True)
     assert one.returncode == 0, one.stderr
     two = _train(RL + ['--iters=20', '--batch=2', f'--outdir={tmp_path / "two"}'], torchrun=True)
     assert two.returncode == 0, two.stderr
@@ -136,7 +140,7 @@ def test_torchrun_two_processes_equal_one_with_twice_the_batch(tmp_path):
 def test_pickle_end_to_end_then_generate(tmp_path):
     pkl = write_network_pkl(tmp_path / 'net.pkl', tiny_edm_net(label_dim=3, **FLAT))
     out = _train([f'--network={pkl}', '--steps=5,3', '--iters=1', '--batch=2', '--preset=images',
-                  f'--outdir={tmp_path / "runs"}', '--device=cpu'])
+                  f'--outdir={tmp_path / "runs"}', '--device=cpu'], in_process=True)
     assert out.returncode == 0, out.stderr
     run = _only_run_dir(tmp_path / 'runs')
     # The images preset learns one clock (one learner, one snapshot) and reads every K's grid off it.
@@ -217,7 +221,8 @@ def test_nan_network_stops_with_one_line_and_no_schedule(tmp_path):
 
 
 def test_peer_method_grid_is_made_for_the_given_solver(tmp_path):
-    out = _train(['--network=analytic:gauss1d', '--method=gits', '--solver=heun', '--steps=3', f'--outdir={tmp_path}'])
+    out = _train(['--network=analytic:gauss1d', '--method=gits', '--solver=heun', '--steps=3', f'--outdir={tmp_path}'],
+                 in_process=True)
     assert out.returncode == 0, out.stderr
     schedule = load_schedule(os.path.join(_only_run_dir(tmp_path), 'schedule-k3.json'))
     assert schedule.method == 'gits' and schedule.solver == 'heun'
@@ -254,7 +259,7 @@ def test_edm2_closed_form_then_generate(tmp_path, guided):
                            encoder=False)
     guide_args = [f'--gnet={guide}', '--guidance=2'] if guided else []
     out = _train([f'--network={net}', '--method=closed-form', '--cf-samples=1', '--steps=4',
-                  f'--outdir={tmp_path / "runs"}', '--device=cpu'] + guide_args)
+                  f'--outdir={tmp_path / "runs"}', '--device=cpu'] + guide_args, in_process=True)
     assert out.returncode == 0, out.stderr
     path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k4.json')
     schedule = load_schedule(path, num_steps=4)
