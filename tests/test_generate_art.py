@@ -10,16 +10,20 @@ import pytest
 import generate_art
 from art.analytic import load_analytic
 from art.schedules import Schedule, save_schedule
-from conftest import ROOT, cli_error
+from conftest import ROOT, cli_error, run_cli_in_process
 from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
 
 
-def _run(args):
-    return subprocess.run([sys.executable, 'generate_art.py', '--device=cpu'] + args, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+def _run(args, in_process=True):
+    """Run generate_art.py on the CPU: its click main in this process (no torch import per run), or in_process=False
+    the real entry point in a new process."""
+    args = ['generate_art.py', '--device=cpu'] + args
+    if in_process:
+        return subprocess.CompletedProcess(args, *run_cli_in_process(args))
+    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
-@pytest.mark.slow
 def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
     save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0], solver='euler', provenance={'network': 'analytic:gauss1d'}),
                   tmp_path / 's.json')
@@ -35,9 +39,9 @@ def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
     # --schedule=edm at the default solver reproduces python -m edm.generate exactly.
     out = _run([f'--network={tiny_pkl}', '--seeds=0-1', '--steps=4', '--schedule=edm', f'--outdir={tmp_path / "c"}'])
     assert out.returncode == 0, out.stderr
-    ref = subprocess.run([sys.executable, '-m', 'edm.generate', f'--network={tiny_pkl}', '--seeds=0-1', '--steps=4',
-                          '--device=cpu', f'--outdir={tmp_path / "d"}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
+    code, _, err = run_cli_in_process(['-m', 'edm.generate', f'--network={tiny_pkl}', '--seeds=0-1', '--steps=4',
+                                       '--device=cpu', f'--outdir={tmp_path / "d"}'])
+    assert code == 0, err
     for name in ('000000.png', '000001.png'):
         assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'c' / name)), np.asarray(PIL.Image.open(tmp_path / 'd' / name)))
 
@@ -48,7 +52,8 @@ def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
 ])
 def test_bad_schedule_file(tmp_path, tiny_pkl, content, pattern):
     (tmp_path / 'bad.json').write_text(content)
-    out = _run([f'--network={tiny_pkl}', '--seeds=0', f'--schedule={tmp_path / "bad.json"}', f'--outdir={tmp_path / "o"}'])
+    out = _run([f'--network={tiny_pkl}', '--seeds=0', f'--schedule={tmp_path / "bad.json"}', f'--outdir={tmp_path / "o"}'],
+               in_process=False)   # the real entry point
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and 'bad.json' in lines[0], out.stderr
     assert not (tmp_path / 'o').exists()
@@ -80,9 +85,8 @@ def test_edm2_guided_baseline_grid_is_python_m_edm_generate(tmp_path):
     common = [f'--network={net}', f'--gnet={guide}', '--guidance=1.5', '--seeds=0-1', '--steps=3']
     out = _run(common + ['--schedule=edm', f'--outdir={tmp_path / "a"}'])
     assert out.returncode == 0, out.stderr
-    ref = subprocess.run([sys.executable, '-m', 'edm.generate', '--device=cpu', f'--outdir={tmp_path / "b"}'] + common,
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
+    code, _, err = run_cli_in_process(['-m', 'edm.generate', '--device=cpu', f'--outdir={tmp_path / "b"}'] + common)
+    assert code == 0, err
     for name in ('000000.png', '000001.png'):
         assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'a' / name)),
                               np.asarray(PIL.Image.open(tmp_path / 'b' / name)))
