@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from art.analytic import load_analytic
-from conftest import ROOT, cli_error
+from conftest import ROOT, cli_error, run_cli_in_process
 from edm.imagegen import generate_images
 from edm.denoiser import Denoiser, load_denoiser
 from edm.rng import seed_latents
@@ -19,13 +19,13 @@ from training.encoders import StabilityVAEEncoder
 
 
 def _run(args, tmp_path, torchrun=False):
-    """Run the CLI (optionally under torchrun with 2 CPU processes); returns the CompletedProcess."""
+    """Run the CLI under torchrun with 2 CPU processes, or else its click main in this process (no torch import per
+    run; tests/test_loading.py spawns the real entry point); returns a CompletedProcess."""
+    if not torchrun:
+        return subprocess.CompletedProcess(args, *run_cli_in_process(['-m', 'edm.generate'] + args))
+    cmd = [os.path.join(os.path.dirname(sys.executable), 'torchrun'), '--standalone', '--nproc_per_node=2',
+           '-m', 'edm.generate']
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    if torchrun:
-        cmd = [os.path.join(os.path.dirname(sys.executable), 'torchrun'), '--standalone', '--nproc_per_node=2',
-               '-m', 'edm.generate']
-    else:
-        cmd = [sys.executable, '-m', 'edm.generate']
     return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -115,7 +115,6 @@ def _edm2_pkls(tmp_path) -> dict:
                                    encoder=StabilityVAEEncoder(vae_name=str(tmp_path / 'no-vae'))))
 
 
-@pytest.mark.slow
 def test_edm2_network_with_and_without_a_guide(tmp_path):
     pkls = _edm2_pkls(tmp_path)
     common = [f'--network={pkls["net"]}', '--seeds=0-2', '--steps=3', '--device=cpu']
