@@ -6,6 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import art.demo
 from art.demo import common_start, main, run_demo
 from art.schedules import Schedule
 from dnnlib.util import UserError
@@ -13,8 +14,11 @@ from art.networks import DEFAULT_NETWORK, shipped_schedule_path
 
 
 @pytest.mark.slow
-def test_demo_writes_comparison_and_art_beats_edm(tmp_path):
+def test_demo_writes_comparison_and_art_beats_edm(tmp_path, monkeypatch):
     assert shipped_schedule_path(DEFAULT_NETWORK, 10) is not None, 'no schedule shipped for the default network'
+    # A 32-step Heun reference instead of 128 (a quarter of the cost): rms 2.51 (EDM) and 1.80 (ART) against 2.43 and
+    # 1.72, the same order by a wide margin.
+    monkeypatch.setattr(art.demo, 'REFERENCE_STEPS', 32)
     summary = run_demo(DEFAULT_NETWORK, 10, str(tmp_path), seeds=[0, 1, 2, 3])
     results = summary['results']
     assert results['art']['rms'] < results['edm']['rms']
