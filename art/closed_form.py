@@ -20,7 +20,7 @@ u = 1 - Lambda(sigma)/Lambda(sigma_max), and the K-step grid is that clock read 
 """
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import scipy.interpolate
@@ -33,6 +33,8 @@ from edm.sampler import heun_step
 from torch_utils.misc import module_device
 
 QBAR_FLOOR = 1e-12       # relative floor on qbar, so that Lambda is strictly increasing
+Q_MODES = ('jvp', 'fd', 'auto', 'flow')   # error_density's modes, and 'flow': Q from Heun's two stages (free)
+BATCH_SIZE = 64          # trajectories integrated at once by the adaptive estimate (results do not depend on it)
 
 
 @dataclasses.dataclass
@@ -46,6 +48,74 @@ class QbarEstimate:
     seconds: dict            # CPU and wall seconds (Stopwatch.seconds)
 
 
+def fine_levels(net, fine_steps: int, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
+                rho: float = grids.RHO) -> np.ndarray:
+    """The fine grid's fine_steps levels, descending from sigma_max to sigma_min (module docstring), exact ends."""
+    sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
+    sigma_min = max(grids.EDM_SIGMA_MIN, net.sigma_min) if sigma_min is None else float(sigma_min)
+    sigma = grids.edm_sigmas(fine_steps, sigma_min, sigma_max, rho)[:-1]
+    sigma[0], sigma[-1] = sigma_max, sigma_min                      # exact ends ((T^(1/rho))^rho may miss T by 1 ulp)
+    return sigma
+
+
+def draw_latents(net, num_samples: int, generator: torch.Generator) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """num_samples standard normal latents (float64) and, for a conditional network, uniform one-hot class labels."""
+    shape = (num_samples, net.img_channels, net.img_resolution, net.img_resolution)
+    latents = torch.randn(shape, dtype=torch.float64, generator=generator)
+    if not net.label_dim:
+        return latents, None
+    classes = torch.randint(net.label_dim, (num_samples,), generator=generator)
+    return latents, torch.eye(net.label_dim)[classes]
+
+
+def trajectory_q(net, latents: torch.Tensor, labels: Optional[torch.Tensor], sigma: np.ndarray, mode: str = 'jvp',
+                 batch_size: int = 64, stats: Optional[dict] = None) -> np.ndarray:
+    """|Q| [num_samples, levels] along Heun trajectories from sigma[0] * latents through the fine levels sigma.
+
+    mode: one of error_density's (one JVP or one extra forward pass per level), or 'flow': no extra evaluation, Q from
+    the difference of Heun's two stages, |f(x + h f, sigma + h) - f(x, sigma)| / |h| on each step h, put at the levels
+    as the geometric mean of the two steps beside a level (the one step at each end).
+    """
+    if mode not in Q_MODES:
+        raise ValueError(f'mode must be one of {", ".join(Q_MODES)}, got {mode!r}')
+    device = module_device(net)
+    rows = []
+    for start in range(0, len(latents), batch_size):
+        x = latents[start:start + batch_size].to(device) * sigma[0]
+        c = None if labels is None else labels[start:start + batch_size].to(device)
+        rows.append(_flow_q(net, x, c, sigma, stats) if mode == 'flow' else _point_q(net, x, c, sigma, mode, stats))
+    return np.concatenate(rows)
+
+
+def _point_q(net, x: torch.Tensor, c: Optional[torch.Tensor], sigma: np.ndarray, mode: str,
+             stats: Optional[dict]) -> np.ndarray:
+    """|Q| [B, levels] by error_density at every level; its f is Heun's first stage."""
+    q = np.zeros((len(x), len(sigma)))
+    for i, s in enumerate(sigma):
+        f_cur, Q = error_density(net, x, float(s), c, mode=mode, stats=stats)
+        q[:, i] = q_norm(Q).cpu().numpy()
+        if i + 1 < len(sigma):                                       # Heun step to the next level, first stage f_cur
+            x = heun_step(lambda x_, s_: field(net, x_, float(s_), c, stats=stats), x, s, sigma[i + 1], f_cur)
+    return q
+
+
+def _flow_q(net, x: torch.Tensor, c: Optional[torch.Tensor], sigma: np.ndarray, stats: Optional[dict]) -> np.ndarray:
+    """|Q| [B, levels] from Heun's stages: per step |f_2 - f_1| / |h|, then at the levels (trajectory_q)."""
+    stage = {}
+
+    def f(x_: torch.Tensor, s_: float) -> torch.Tensor:
+        stage['f'] = field(net, x_, float(s_), c, stats=stats)
+        return stage['f']
+
+    per_step = np.zeros((len(x), len(sigma) - 1))
+    for i in range(len(sigma) - 1):
+        f_cur = f(x, sigma[i])
+        x = heun_step(f, x, sigma[i], sigma[i + 1], f_cur)
+        per_step[:, i] = q_norm(stage['f'] - f_cur).cpu().numpy() / (sigma[i] - sigma[i + 1])
+    inner = np.sqrt(per_step[:, :-1] * per_step[:, 1:])
+    return np.concatenate([per_step[:, :1], inner, per_step[:, -1:]], axis=1)
+
+
 def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min: Optional[float] = None,
                   sigma_max: Optional[float] = None, rho: float = grids.RHO, batch_size: int = 64, seed: int = 0,
                   mode: str = 'jvp') -> QbarEstimate:
@@ -53,35 +123,94 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
     if fine_steps < 2 or num_samples < 1 or batch_size < 1:
         raise ValueError(f'need fine_steps >= 2, num_samples >= 1 and batch_size >= 1, got {fine_steps}, '
                          f'{num_samples}, {batch_size}')
-    sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
-    sigma_min = max(grids.EDM_SIGMA_MIN, net.sigma_min) if sigma_min is None else float(sigma_min)
-    sigma = grids.edm_sigmas(fine_steps, sigma_min, sigma_max, rho)[:-1]
-    sigma[0], sigma[-1] = sigma_max, sigma_min                      # exact ends ((T^(1/rho))^rho may miss T by 1 ulp)
-    device = module_device(net)
-    generator = torch.Generator().manual_seed(seed)
-    shape = (num_samples, net.img_channels, net.img_resolution, net.img_resolution)
-    latents = torch.randn(shape, dtype=torch.float64, generator=generator)
-    labels = None
-    if net.label_dim:
-        classes = torch.randint(net.label_dim, (num_samples,), generator=generator)
-        labels = torch.eye(net.label_dim)[classes]
-
+    sigma = fine_levels(net, fine_steps, sigma_min, sigma_max, rho)
+    latents, labels = draw_latents(net, num_samples, torch.Generator().manual_seed(seed))
     stats = {}
-    q_sum = np.zeros(len(sigma))
     watch = Stopwatch()
-    for start in range(0, num_samples, batch_size):
-        x = latents[start:start + batch_size].to(device) * sigma[0]
-        c = None if labels is None else labels[start:start + batch_size].to(device)
-        def f(x: torch.Tensor, s: float) -> torch.Tensor:
-            return field(net, x, float(s), c, stats=stats)
-
-        for i, s in enumerate(sigma):
-            f_cur, Q = error_density(net, x, float(s), c, mode=mode, stats=stats)
-            q_sum[i] += q_norm(Q).sum().item()
-            if i + 1 < len(sigma):                                   # Heun step to the next level, first stage f_cur
-                x = heun_step(f, x, s, sigma[i + 1], f_cur)
-    return QbarEstimate(sigma, q_sum / num_samples, num_samples, stats.get('forward', 0), stats.get('jvp', 0),
+    q = trajectory_q(net, latents, labels, sigma, mode, batch_size, stats)
+    return QbarEstimate(sigma, q.mean(axis=0), num_samples, stats.get('forward', 0), stats.get('jvp', 0),
                         watch.seconds())
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveSettings:
+    """The adaptive estimate's rule (``adaptive_estimate``): what it measures, when it stops, what it may spend."""
+    budget: int = 1000              # network evaluations at most, forward passes and JVPs counted alike
+    tolerance: float = 0.005        # converged when the grids move less than this in log sigma as n doubles
+    start_samples: int = 4          # trajectories of the first estimate; then doubled
+    levels: int = 32                # fine-grid levels of every trajectory
+    min_steps: int = 3              # the grids compared: K = min_steps..max_steps
+    max_steps: int = 18
+    q_mode: str = 'flow'            # trajectory_q's mode
+
+    def __post_init__(self):
+        if self.q_mode not in Q_MODES:
+            raise ValueError(f'q_mode must be one of {", ".join(Q_MODES)}, got {self.q_mode!r}')
+        if self.levels < 3 or self.start_samples < 1 or not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f'need levels >= 3, start_samples >= 1 and 1 <= min_steps <= max_steps, got '
+                             f'{self.levels}, {self.start_samples}, {self.min_steps}, {self.max_steps}')
+        if not self.tolerance > 0 or self.start_samples * self.trajectory_cost() > self.budget:
+            raise ValueError(f'need tolerance > 0 and a budget of at least start_samples x {self.trajectory_cost()} '
+                             f'evaluations, got {self.tolerance}, {self.budget}')
+
+    def trajectory_cost(self) -> int:
+        """Network evaluations per trajectory: 2 per Heun step, plus the levels' JVPs or extra forwards."""
+        steps = self.levels - 1
+        return 2 * steps if self.q_mode == 'flow' else 2 * steps + 1 + self.levels
+
+
+@dataclasses.dataclass
+class AdaptiveEstimate:
+    """The adaptive estimate's qbar, why it stopped, and each doubling's size and move."""
+    estimate: QbarEstimate
+    stop: str                       # 'converged' or 'budget'
+    history: List[dict]             # per estimate: num_samples, evals, move (max |d log sigma| from the one before)
+
+
+def grid_move(old: Clock, new: Clock, min_steps: int, max_steps: int) -> float:
+    """max over K = min_steps..max_steps and the interior levels of |log sigma_new - log sigma_old|."""
+    return max(float(np.abs(np.log(new.grid(K)[1:-1] / old.grid(K)[1:-1])).max(initial=0.0))
+               for K in range(min_steps, max_steps + 1))
+
+
+def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed: int = 0,
+                      sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
+                      rho: float = grids.RHO) -> AdaptiveEstimate:
+    """qbar from trajectories added (doubling their number, the first n kept) until the clock moves less than the
+    tolerance, or the next doubling would pass the budget (then as many as still fit are added, once)."""
+    sigma = fine_levels(net, settings.levels, sigma_min, sigma_max, rho)
+    generator = torch.Generator().manual_seed(seed)
+    cost = settings.trajectory_cost()
+    stats, rows, history, clock, stop = {}, [], [], None, 'budget'
+    watch = Stopwatch()
+    while True:
+        spent = stats.get('forward', 0) + stats.get('jvp', 0)
+        wanted = settings.start_samples if not rows else sum(map(len, rows))
+        add = min(wanted, (settings.budget - spent) // cost)
+        if add < 1:
+            break
+        latents, labels = draw_latents(net, add, generator)
+        rows.append(trajectory_q(net, latents, labels, sigma, settings.q_mode, BATCH_SIZE, stats))
+        new = lambda_clock(sigma, np.concatenate(rows).mean(axis=0), rho)
+        move = None if clock is None else grid_move(clock, new, settings.min_steps, settings.max_steps)
+        clock = new
+        history.append({'num_samples': sum(map(len, rows)), 'evals': stats.get('forward', 0) + stats.get('jvp', 0),
+                        'move': move})
+        if move is not None and move < settings.tolerance:
+            stop = 'converged'
+            break
+        if add < wanted:
+            break
+    q = np.concatenate(rows)
+    estimate = QbarEstimate(sigma, q.mean(axis=0), len(q), stats.get('forward', 0), stats.get('jvp', 0),
+                            watch.seconds())
+    return AdaptiveEstimate(estimate, stop, history)
+
+
+def adaptive_schedule(net, network: Optional[str] = None, settings: AdaptiveSettings = AdaptiveSettings(),
+                      seed: int = 0) -> Schedule:
+    """The network's closed-form clock from the adaptive estimate (grid for K = 10; any K by resample)."""
+    return closed_form_schedule(net, 10, network=network, seed=seed, settings=settings)
 
 
 def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = grids.RHO) -> Clock:
@@ -98,19 +227,33 @@ def lambda_clock(sigma: np.ndarray, qbar: np.ndarray, rho: float = grids.RHO) ->
     return Clock(u, np.append(sigma, 0.0))
 
 
-def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num_samples: int = 256,
+def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num_samples: Optional[int] = None,
                          fine_steps: int = 256, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
-                         rho: float = grids.RHO, batch_size: int = 64, seed: int = 0, mode: str = 'jvp') -> Schedule:
-    """The training-free ART schedule for K = num_steps, with its continuous clock and cost in provenance."""
-    est = estimate_qbar(net, num_samples, fine_steps, sigma_min, sigma_max, rho, batch_size, seed, mode)
+                         rho: float = grids.RHO, batch_size: int = 64, seed: int = 0, mode: str = 'jvp',
+                         settings: AdaptiveSettings = AdaptiveSettings()) -> Schedule:
+    """The training-free ART schedule for K = num_steps, with its continuous clock and cost in provenance.
+
+    By default the adaptive estimate (``settings``); given num_samples, that many trajectories on fine_steps levels
+    with Q by `mode` (the fixed-size estimate; fine_steps, batch_size and mode serve it only).
+    """
+    if num_samples is None:
+        adaptive = adaptive_estimate(net, settings, seed, sigma_min, sigma_max, rho)
+        est, levels, mode = adaptive.estimate, settings.levels, settings.q_mode
+        size = {'rule': 'adaptive', 'settings': dataclasses.asdict(settings), 'stop': adaptive.stop,
+                'history': adaptive.history}
+    else:
+        est = estimate_qbar(net, num_samples, fine_steps, sigma_min, sigma_max, rho, batch_size, seed, mode)
+        levels, size = fine_steps, {'rule': 'fixed'}
     clock = lambda_clock(est.sigma, est.qbar, rho)
     provenance = method_provenance(network, {
         'objective': 'open-loop optimum of E int |Q| theta^2 dt (eqs. 8-9): uniform in int sqrt(qbar) dsigma',
         'num_steps_built_for': int(num_steps),
-        'reference': {'integrator': 'heun', 'discretization': 'edm', 'rho': rho, 'levels': fine_steps,
-                      'sigma_max': float(est.sigma[0]), 'sigma_min': float(est.sigma[-1]), 'num_samples': num_samples,
-                      'seed': seed, 'q_mode': mode, 'below_sigma_min': 'qbar held at its value at sigma_min'},
-    }, {'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
-        'forward_evals_per_trajectory': est.forward_evals / num_samples,
-        'jvp_evals_per_trajectory': est.jvp_evals / num_samples, **est.seconds})
+        'reference': {'integrator': 'heun', 'discretization': 'edm', 'rho': rho, 'levels': levels,
+                      'sigma_max': float(est.sigma[0]), 'sigma_min': float(est.sigma[-1]),
+                      'num_samples': est.num_samples, 'seed': seed, 'q_mode': mode,
+                      'below_sigma_min': 'qbar held at its value at sigma_min'},
+        'estimate': size,
+    }, {'evals': est.forward_evals + est.jvp_evals, 'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
+        'forward_evals_per_trajectory': est.forward_evals / est.num_samples,
+        'jvp_evals_per_trajectory': est.jvp_evals / est.num_samples, **est.seconds})
     return Schedule('closed-form', clock.grid(num_steps), solver='euler', clock=clock, provenance=provenance)
