@@ -8,21 +8,20 @@ import pytest
 from art import bench
 from art.analytic import write_random_gmm
 from art.schedules import Schedule, save_schedule
-from conftest import ROOT, cli_error
+from conftest import ROOT, cli_error, run_cli_in_process
 from edm.guidance import guided_spec
 from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 
 def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
     out = tmp_path / 'r.json'
-    run = subprocess.run([sys.executable, '-m', 'art.bench', '--network=analytic:gauss1d', '--steps=2,5',
-                          '--schedules=uniform,edm', '--metric=w2', f'--out={out}'], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    code, _, err = run_cli_in_process(['-m', 'art.bench', '--network=analytic:gauss1d', '--steps=2,5',
+                                       '--schedules=uniform,edm', '--metric=w2', f'--out={out}'])
+    assert code == 0, err
     rows = json.loads(out.read_text())['rows']
     assert [(r['schedule'], r['steps']) for r in rows] == [('uniform', 2), ('uniform', 5), ('edm', 2), ('edm', 5)]
     bad = subprocess.run([sys.executable, '-m', 'art.bench', '--network=analytic:gauss1d', '--schedules=nope.json'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)   # the real entry point
     assert bad.returncode != 0 and bad.stderr.strip().startswith('error: ') and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -61,14 +60,14 @@ def test_cli_on_a_guided_edm2_network(tmp_path):
     for name, made_for in [('same.json', field), ('plain.json', net)]:
         save_schedule(Schedule('test', [80.0, 2.0, 0.0], provenance={'network': made_for}), tmp_path / name)
     out = tmp_path / 'rows.json'
-    run = subprocess.run([sys.executable, '-m', 'art.bench', f'--network={net}', f'--gnet={guide}', '--guidance=2',
-                          '--steps=2', f'--schedules=edm,{tmp_path / "same.json"},{tmp_path / "plain.json"}', '--num=2',
-                          f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    schedules = f'--schedules=edm,{tmp_path / "same.json"},{tmp_path / "plain.json"}'
+    code, _, err = run_cli_in_process(['-m', 'art.bench', f'--network={net}', f'--gnet={guide}', '--guidance=2',
+                                       '--steps=2', schedules, '--num=2', f'--out={out}'])
+    assert code == 0, err
     result = json.loads(out.read_text())
     assert result['network'] == field and len(result['rows']) == 3
     # Only the schedule made for the unguided network is noted as made for another one.
-    notes = [line for line in run.stderr.splitlines() if line.startswith('Note:')]
+    notes = [line for line in err.splitlines() if line.startswith('Note:')]
     assert notes == [f'Note: {tmp_path / "plain.json"} was made for {net}, not {field}: it is a valid grid here, but '
                      f'optimised for the other network.']
     line = cli_error(['-m', 'art.bench', f'--network={net}', '--metric=fid', '--ref=ref.npz', '--steps=2',
