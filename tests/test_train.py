@@ -152,10 +152,9 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     k3 = load_schedule(os.path.join(run, 'schedule-k3.json'), num_steps=3)
     np.testing.assert_array_equal(k3.clock.u, schedule.clock.u)
     np.testing.assert_array_equal(k3.sigmas, schedule.clock.grid(3))
-    gen = subprocess.run([sys.executable, 'generate_art.py', f'--network={pkl}', f'--schedule={path}', '--seeds=0-1',
-                          f'--outdir={tmp_path / "img"}', '--device=cpu'], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert gen.returncode == 0, gen.stderr
+    code, _, err = run_cli_in_process(['generate_art.py', f'--network={pkl}', f'--schedule={path}', '--seeds=0-1',
+                                       f'--outdir={tmp_path / "img"}', '--device=cpu'])
+    assert code == 0, err
     assert sorted(os.listdir(tmp_path / 'img')) == ['000000.png', '000001.png']
 
 
@@ -268,12 +267,11 @@ def test_edm2_closed_form_then_generate(tmp_path, guided):
     assert schedule.sigmas[0] == 80.0 and np.all(np.diff(schedule.sigmas) < 0)
 
     def generate(args, name):
-        run = subprocess.run([sys.executable, 'generate_art.py', f'--network={net}', f'--schedule={path}',
-                              '--seeds=0-1', f'--outdir={tmp_path / name}', '--device=cpu'] + args, cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
+        code, out, err = run_cli_in_process(['generate_art.py', f'--network={net}', f'--schedule={path}',
+                                             '--seeds=0-1', f'--outdir={tmp_path / name}', '--device=cpu'] + args)
+        assert code == 0, err
         assert sorted(os.listdir(tmp_path / name)) == ['000000.png', '000001.png']
-        return run.stdout
+        return out
     assert 'Note:' not in generate(guide_args, 'img')                          # the field it was learned on
     if guided:                                                                 # the unguided field is another one
         assert f'was made for {field}, not {net}' in generate([], 'unguided')
