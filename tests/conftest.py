@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 from unittest import mock
 
 import pytest
@@ -90,10 +90,10 @@ def _run_cli_subprocess(args, cwd) -> Tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def run_cli_in_process(args, cwd=ROOT) -> Tuple[int, str, str]:
+def run_cli_in_process(args, cwd=ROOT, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
     """Run the click command of `python *args` (`-m module ...` or a script of the repository root) in this process
-    with CUDA hidden; returns (exit code, stdout, stderr). The process-wide setup a command line does for itself
-    (process group, start method, environment, working directory) is skipped or undone."""
+    with CUDA hidden and the variables `env` set; returns (exit code, stdout, stderr). The process-wide setup a command
+    line does for itself (process group, start method, environment, working directory) is skipped or undone."""
     import torch
     from torch_utils import distributed
     argv: List[str] = [str(arg) for arg in args]
@@ -110,6 +110,7 @@ def run_cli_in_process(args, cwd=ROOT) -> Tuple[int, str, str]:
     code = 0
     try:
         os.chdir(cwd)
+        os.environ.update(env or {})
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
                 mock.patch.object(torch.cuda, 'is_available', return_value=False), \
                 mock.patch.object(distributed, 'init', lambda *args, **kwargs: None):

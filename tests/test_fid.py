@@ -17,7 +17,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import cli_error
+from conftest import cli_error, run_cli_in_process
 from dnnlib.util import UserError
 from edm import fid
 
@@ -38,8 +38,12 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-def run_fid(tmp_path: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    """Run fid.py (under torchrun when nproc > 1) and return the finished process."""
+def run_fid(tmp_path: Path, *args: str, nproc: int = 1, in_process: bool = False) -> subprocess.CompletedProcess:
+    """Run fid.py (under torchrun when nproc > 1; in_process: its click main in this process, without a torch import)
+    and return the finished process."""
+    if in_process:
+        offline = {k: v for k, v in _env(tmp_path).items() if k == 'DNNLIB_CACHE_DIR' or k.lower().endswith('_proxy')}
+        return subprocess.CompletedProcess(args, *run_cli_in_process([ROOT / 'fid.py', *args], tmp_path, offline))
     if nproc > 1:
         # '--' keeps torchrun's parser off our options (it reads --num as an ambiguous --numa-binding).
         cmd = [str(TORCHRUN), '--standalone', f'--nproc_per_node={nproc}', str(ROOT / 'fid.py'), '--', *args]
@@ -448,13 +452,15 @@ def test_lenet_calc_and_ref_end_to_end(tmp_path):
     # calc without --ref: the shipped train statistics. The CLI reads PNGs, crops 32 -> 28 and repeats the gray
     # channel to 3, which the detector averages back exactly; only the float32 conv code path may differ in the last
     # bits of the features, hence the tolerance.
-    proc = run_fid(tmp_path, 'calc', f'--images={folder}', '--num=64', '--detector=lenet', '--device=cpu')
+    proc = run_fid(tmp_path, 'calc', f'--images={folder}', '--num=64', '--detector=lenet', '--device=cpu',
+                   in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert 'fmnist-train-lenet.npz' in proc.stdout
     value = float(proc.stdout.strip().splitlines()[-1])
     assert 0 < expected < 100 and value == pytest.approx(expected, rel=1e-6)
 
-    proc = run_fid(tmp_path, 'ref', f'--data={folder}', '--dest=lenet.npz', '--detector=lenet', '--device=cpu')
+    proc = run_fid(tmp_path, 'ref', f'--data={folder}', '--dest=lenet.npz', '--detector=lenet', '--device=cpu',
+                   in_process=True)
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / 'lenet.npz') as ref:
         assert ref['mu'].shape == (lenet.FEATURE_DIM,) and ref['sigma'].shape == (lenet.FEATURE_DIM,) * 2
@@ -519,7 +525,7 @@ def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
     half_b = write_images(tmp_path / 'b', data[n:])
     noise = write_images(tmp_path / 'noise', [rng.randint(0, 256, shape).astype(np.uint8) for _ in range(n)])
 
-    # Reference of half A and the noise FID in-process (the same code path), half B through the CLI.
+    # Reference of half A and the noise FID in-process (the same code path), half B through the CLI's click main.
     detector = fid.load_detector('offline')
     assert isinstance(detector, fid.TorchScriptDetector)
     fid.ref(str(half_a), str(tmp_path / 'a.npz'), detector=detector, progress=False)
@@ -528,7 +534,7 @@ def test_offline_inception_separates_noise_from_data(tmp_path, size, gray):
     large = fid.frechet_distance(*noise_stats, ref['mu'], ref['sigma'])
 
     proc = run_fid(tmp_path, 'calc', f'--images={half_b}', '--ref=a.npz', f'--num={n}', '--detector=offline',
-                   '--device=cpu')
+                   '--device=cpu', in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert 'Downloading' not in proc.stdout + proc.stderr
     small = float(proc.stdout.strip().splitlines()[-1])
