@@ -438,7 +438,6 @@ def _fmnist_test_images(count: int) -> np.ndarray:
     return read_idx(path)[:count].copy()
 
 
-@pytest.mark.slow
 def test_lenet_calc_and_ref_end_to_end(tmp_path):
     from edm import lenet
     images = _fmnist_test_images(64)

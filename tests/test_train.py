@@ -77,7 +77,6 @@ def test_auto_preset_is_paper_only_for_one_dimensional_models():
     assert auto_preset(tiny_edm_net()) == 'images'
 
 
-@pytest.mark.slow
 def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
     out = _train(['--network=analytic:gauss:std=0.5,shape=1x2x2', '--steps=2', '--iters=1', '--batch=1',
                   f'--outdir={tmp_path}', '--device=cpu'], in_process=True)
