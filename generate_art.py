@@ -3,22 +3,27 @@
     python generate_art.py --network=PKL --outdir=out --schedule=runs/00000-.../schedule-k10.json --seeds=0-63
     python generate_art.py --network=PKL --outdir=out --schedule=logsnr --steps=10 --solver=euler
 
-`--schedule` takes a schedule file (resampled with a note when it was learned for another K) or a baseline grid
-name (edm, uniform, logsnr, vp, ve, iddpm). Because `--schedule` names the step schedule here, upstream's ablation
-option for sigma(t) is called `--sigma-schedule`. Without `--network`, the embedded default network is used with
-its shipped ART schedule for `--steps` (resampled from the nearest shipped K). Without `--schedule` on another
-network this is exactly `python -m edm.generate`. Besides the per-seed PNGs, `<outdir>-grid.png` shows the first 64
-images (beside the folder, which keeps only what fid.py should read). `--gnet` and `--guidance` autoguide the network
-(edm.guidance); a schedule learned on the guided field records that field as its network.
+`--schedule` takes a schedule file (resampled with a note when it was learned for another K), a baseline grid name
+(edm, uniform, logsnr, vp, ve, iddpm) or `art`, the default: the network's ART schedule (art/auto_clock.py), its
+shipped file when it has one (the embedded default network, used without `--network`; resampled from the nearest
+shipped K), else its ART clock, made on first use in seconds, cached (`--cache-dir`, else $EDM_ART_CACHE, else
+dnnlib's cache folder) and reused; one line says which and what it cost. `--schedule=edm` (at the default solver)
+is exactly `python -m edm.generate`, and so is `--disc` without `--schedule`. Because `--schedule` names the step
+schedule here, upstream's ablation option for sigma(t) is called `--sigma-schedule`. Besides the per-seed PNGs,
+`<outdir>-grid.png` shows the first 64 images (beside the folder, which keeps only what fid.py should read). `--gnet`
+and `--guidance` autoguide the network (edm.guidance); a schedule learned on the guided field records that field as
+its network, and the ART clock is made on that field.
 """
 
+import dataclasses
 import os
 from typing import List, Optional
 
 import click
 import torch
 
-from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_path
+from art import auto_clock
+from art.networks import DEFAULT_NETWORK, load_network_spec
 from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
 from dnnlib.util import UserError
 from edm import grids
@@ -32,11 +37,19 @@ from torch_utils import distributed as dist
 GRID_IMAGES = 64   # images shown in the grid picture
 
 
-def schedule_grid(spec: str, net: torch.nn.Module, network: str, num_steps: Optional[int], **grid_kwargs) -> Schedule:
-    """The Schedule named by --schedule for K = num_steps (None: the file's own K); grid_kwargs go to baselines. A
-    file must fit the network (art.schedules.check_network_fit), with a note when it was made for another one."""
+def schedule_grid(spec: str, net: torch.nn.Module, network: str, num_steps: Optional[int],
+                  cache_dir: Optional[str] = None, **grid_kwargs) -> Schedule:
+    """The Schedule named by --schedule for K = num_steps (None: the file's own K, else 18); grid_kwargs go to
+    baselines. `art`: the network's shipped file, else its cached ART clock (art.auto_clock). A file must fit the
+    network (art.schedules.check_network_fit), with a note when it was made for another one."""
     if spec in grids.DISCRETIZATIONS:
         return baseline_schedule(spec, num_steps or 18, net=net, **grid_kwargs)
+    if spec == auto_clock.NAME:
+        shipped = auto_clock.shipped_path(network, num_steps or 18)
+        if shipped is None:                  # the clock serves every solver: --solver's default (heun) applies
+            clock = auto_clock.shared_clock(net, network, cache_dir, log=dist.print0)
+            return dataclasses.replace(clock.resample(num_steps or 18), solver=None)
+        spec = str(shipped)
     schedule = load_schedule(spec, num_steps=num_steps, resample=True)
     note = check_network_fit(schedule, net, network, spec)
     if note:
@@ -59,19 +72,21 @@ def grid_path(outdir: str) -> str:
 @generate_options(sigma_schedule_flag='--sigma-schedule', default_outdir='out')
 @click.option('--solver', help='ODE solver  [default: the schedule file\'s, else heun]', type=click.Choice(SOLVERS))
 @click.option('--schedule', 'schedule_spec', metavar='FILE|NAME', type=str, default=None,
-              help=f'Step schedule: a schedule file or one of {", ".join(grids.DISCRETIZATIONS)}')
+              help=f'Step schedule: a schedule file, one of {", ".join(grids.DISCRETIZATIONS)}, or {auto_clock.NAME}: '
+                   f'the network\'s ART schedule  [default: {auto_clock.NAME} unless --disc]')
+@click.option('--cache-dir', help=f'Folder of cached ART clocks  [default: ${auto_clock.CACHE_ENV}, else dnnlib\'s '
+              f'cache]', metavar='DIR', type=str, default=None)
 @guidance_options()
 @click.pass_context
 def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdirs: bool, class_idx: Optional[int],
          max_batch_size: int, device: torch.device, trust_pickle: bool, solver: Optional[str],
-         schedule_spec: Optional[str], num_steps: int, discretization: Optional[str], schedule: Optional[str],
-         gnet: Optional[str], guidance: Optional[float], **sampler_kwargs) -> None:
+         schedule_spec: Optional[str], cache_dir: Optional[str], num_steps: int, discretization: Optional[str],
+         schedule: Optional[str], gnet: Optional[str], guidance: Optional[float], **sampler_kwargs) -> None:
     """Generate images with a learned ART schedule or a named noise-level grid."""
     dist.init()
-    if network is None:
-        network = DEFAULT_NETWORK
-        if schedule_spec is None and discretization is None:
-            schedule_spec = str(shipped_schedule_path(network, num_steps) or 'edm')
+    network = network or DEFAULT_NETWORK
+    if schedule_spec is None and discretization is None:
+        schedule_spec = auto_clock.NAME
     check_output_dir(outdir, '--outdir')
     check_output_file(grid_path(outdir), '--outdir (its grid picture)')
     network = guided_spec(network, gnet, check_guidance_options(gnet, guidance))
@@ -88,7 +103,8 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
         steps_given = ctx.get_parameter_source('num_steps') != click.core.ParameterSource.DEFAULT
         grid_kwargs = {key: sampler_kwargs[key] for key in ('sigma_min', 'sigma_max', 'rho')
                        if sampler_kwargs[key] is not None}
-        art_schedule = schedule_grid(schedule_spec, net, network, num_steps if steps_given else None, **grid_kwargs)
+        art_schedule = schedule_grid(schedule_spec, net, network, num_steps if steps_given else None, cache_dir,
+                                     **grid_kwargs)
         sigmas = torch.as_tensor(art_schedule.sigmas, dtype=torch.float64, device=device)
         options = dict(solver=solver or art_schedule.solver or 'heun', schedule=schedule or 'linear',
                        scaling=sampler_kwargs.pop('scaling') or 'none',

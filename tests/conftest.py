@@ -1,10 +1,13 @@
 """Shared pytest setup: the repository root on sys.path and the location of the upstream fixtures."""
+import atexit
 import contextlib
 import importlib
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from unittest import mock
@@ -15,6 +18,12 @@ import pytest
 # 2 CI cores (subprocesses inherit the variable). Set before torch is imported anywhere.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # idle OpenMP threads sleep instead of spinning (2-thread tests)
+
+# Clocks made by commands under test (art/auto_clock.py) go to a folder of this test process (subprocesses inherit
+# it), never into the user's cache.
+if 'EDM_ART_CACHE' not in os.environ:
+    os.environ['EDM_ART_CACHE'] = tempfile.mkdtemp(prefix='edm-art-test-clocks-')
+    atexit.register(shutil.rmtree, os.environ['EDM_ART_CACHE'], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

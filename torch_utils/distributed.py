@@ -71,6 +71,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank src's obj (picklable) on every rank; obj itself in a world of one."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def rank_batches(items: Sequence[int], max_batch_size: int, rank: int, world_size: int) -> List[torch.Tensor]:
     """This rank's batches of `items` (seeds, image indices) as upstream splits them: ceil(n / (B * W)) * W nearly
     equal chunks in order, of which rank r takes r, r + W, r + 2W, ... (some may be empty)."""
