@@ -27,10 +27,9 @@ from typing import Any, Callable, Optional
 
 import dnnlib
 from dnnlib.util import UserError
-from art.closed_form import closed_form_schedule
+from art.closed_form import AdaptiveSettings, adaptive_schedule, fine_levels
 from art.networks import network_name, shipped_schedule_path
 from art.schedules import Schedule, ScheduleError, Stopwatch, load_schedule, save_schedule
-from edm import grids
 from edm.guidance import split_guided_spec
 from torch_utils import distributed as dist
 
@@ -41,21 +40,6 @@ KEY_VERSION = 1               # raised when the key or the estimate's meaning ch
 HASH_CHUNK = 1 << 20
 
 Log = Callable[[str], Any]
-
-
-# Placeholder until art/closed_form.py provides the adaptive estimate (issue 20, item 1).
-@dataclasses.dataclass(frozen=True)
-class AdaptiveSettings:
-    """Placeholder settings of the adaptive estimate."""
-    num_samples: int = 4
-    fine_steps: int = 32
-
-
-def adaptive_schedule(net, network: Optional[str] = None, settings: AdaptiveSettings = AdaptiveSettings(),
-                      seed: int = 0) -> Schedule:
-    """Placeholder of the adaptive closed form: a small fixed-size estimate."""
-    return closed_form_schedule(net, 10, network, num_samples=settings.num_samples, fine_steps=settings.fine_steps,
-                                seed=seed)
 
 
 def cache_dir(folder: Optional[str] = None) -> str:
@@ -83,8 +67,8 @@ def _identity(spec: str) -> dict:
 
 
 def sigma_range(net) -> list:
-    """[sigma_min, sigma_max] of the estimate on this network (the closed form's default range)."""
-    return [max(grids.EDM_SIGMA_MIN, float(net.sigma_min)), grids.horizon(net)]
+    """[sigma_min, sigma_max] of the estimate on this network (the closed form's fine grid's ends)."""
+    return [float(sigma) for sigma in fine_levels(net, 2)[::-1]]
 
 
 def clock_key(net, network: str, settings: Any, seed: int) -> dict:
@@ -118,11 +102,6 @@ def read_cached(path: Path, key: dict, log: Log) -> Optional[Schedule]:
     return schedule
 
 
-def evaluations(cost: dict) -> int:
-    """Network evaluations of a method's cost (forward passes and JVPs alike)."""
-    return int(cost.get('evals', int(cost.get('forward_evals', 0)) + int(cost.get('jvp_evals', 0))))
-
-
 def make_clock(net, network: str, folder: Optional[str] = None, settings: AdaptiveSettings = AdaptiveSettings(),
                seed: int = 0, log: Log = print) -> Schedule:
     """The network's ART clock from the cache, else made and cached; one line says which and what it cost."""
@@ -135,8 +114,7 @@ def make_clock(net, network: str, folder: Optional[str] = None, settings: Adapti
     watch = Stopwatch()
     schedule = adaptive_schedule(net, network, settings, seed)
     schedule.provenance['cache_key'] = key
-    made = f'made in {watch.seconds(1)["wall_seconds"]} s, {evaluations(schedule.provenance.get("cost", {})):,} ' \
-           f'network evaluations'
+    made = f'made in {watch.seconds(1)["wall_seconds"]} s, {schedule.provenance["cost"]["evals"]:,} network evaluations'
     try:
         save_schedule(schedule, path)
         log(f'ART clock for {network}: {made} (cached in {path})')

@@ -157,7 +157,8 @@ def test_torchrun_samples_with_the_grid_of_one_process(tmp_path):
     assert code == 0, err
     torchrun = [os.path.join(os.path.dirname(sys.executable), 'torchrun'), '--standalone', '--nproc_per_node=2']
     two = subprocess.run(torchrun + common + [f'--outdir={tmp_path / "two"}', f'--cache-dir={tmp_path / "c2"}'],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert two.returncode == 0, two.stderr
     assert two.stdout.count('ART clock for') == 1 and ' made in ' in two.stdout
     assert [line for line in one.splitlines() if line.startswith('Schedule ')] == \
