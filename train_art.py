@@ -55,8 +55,9 @@ from torch_utils import distributed as dist
 @click.option('--seed', help='Random seed', metavar='INT', type=SEED, default=0, show_default=True)
 @click.option('--snap', help='Iterations between snapshots', metavar='INT', type=click.IntRange(min=1), default=100,
               show_default=True)
-@click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|', metavar='INT',
-              type=click.IntRange(1, MAX_CF_SAMPLES), default=256, show_default=True)
+@click.option('--cf-samples', help='Trajectories for the closed-form estimate of E|Q|, on 256 levels  [default: '
+                                  'adaptive, until the clock stops moving, at most 1,000 evaluations]', metavar='INT',
+              type=click.IntRange(1, MAX_CF_SAMPLES))
 @click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True,
               help='The solver the grid is made for: direct and gits optimise through it; ART (art-rl, closed-form) '
                    'minimises the Euler error and serves every solver, so it takes euler only')
@@ -68,7 +69,7 @@ from torch_utils import distributed as dist
 @guidance_options()
 @click.pass_context
 def main(ctx: click.Context, network: Optional[str], outdir: str, steps: List[int], method: str, preset: str,
-         snap: int, cf_samples: int, solver: str, resume: Optional[str], desc: Optional[str],
+         snap: int, cf_samples: Optional[int], solver: str, resume: Optional[str], desc: Optional[str],
          device: torch.device, trust_pickle: bool, gnet: Optional[str], guidance: Optional[float],
          **rl_options) -> None:
     """Learn timestep schedules for a network: ART-RL, training-free ART, or a peer method."""

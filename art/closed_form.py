@@ -112,8 +112,17 @@ def _flow_q(net, x: torch.Tensor, c: Optional[torch.Tensor], sigma: np.ndarray, 
         f_cur = f(x, sigma[i])
         x = heun_step(f, x, sigma[i], sigma[i + 1], f_cur)
         per_step[:, i] = q_norm(stage['f'] - f_cur).cpu().numpy() / (sigma[i] - sigma[i + 1])
-    inner = np.sqrt(per_step[:, :-1] * per_step[:, 1:])
-    return np.concatenate([per_step[:, :1], inner, per_step[:, -1:]], axis=1)
+    return _at_levels(per_step, sigma)
+
+
+def _at_levels(per_step: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Values [B, steps] at the steps' midpoints (sigma_i + sigma_i+1)/2, log-linear in log sigma at the levels (the
+    two midpoints beside a level; the nearest two at each end)."""
+    log_mid, log_sigma = np.log((sigma[:-1] + sigma[1:]) / 2), np.log(sigma)
+    log_q = np.log(np.maximum(per_step, np.finfo(np.float64).tiny))
+    a = np.clip(np.arange(len(sigma)) - 1, 0, len(log_mid) - 2)
+    w = (log_sigma - log_mid[a]) / (log_mid[a + 1] - log_mid[a])
+    return np.exp((1 - w) * log_q[:, a] + w * log_q[:, a + 1])
 
 
 def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min: Optional[float] = None,
@@ -137,11 +146,11 @@ class AdaptiveSettings:
     """The adaptive estimate's rule (``adaptive_estimate``): what it measures, when it stops, what it may spend."""
     budget: int = 1000              # network evaluations at most, forward passes and JVPs counted alike
     tolerance: float = 0.005        # converged when the grids move less than this in log sigma as n doubles
-    start_samples: int = 4          # trajectories of the first estimate; then doubled
-    levels: int = 32                # fine-grid levels of every trajectory
+    start_samples: int = 2          # trajectories of the first estimate; then doubled
+    levels: int = 32                # fine-grid levels of every trajectory (fixed: docs/method.md §5)
     min_steps: int = 3              # the grids compared: K = min_steps..max_steps
     max_steps: int = 18
-    q_mode: str = 'flow'            # trajectory_q's mode
+    q_mode: str = 'fd'              # trajectory_q's mode: 'fd' is jvp's clock (1e-5) at a forward pass's CPU time
 
     def __post_init__(self):
         if self.q_mode not in Q_MODES:

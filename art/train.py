@@ -88,7 +88,7 @@ class RunOptions:
     preset: str                  # the ART-RL learner (a key of PRESETS), resolved from 'auto'
     rl: Dict[str, Any]           # ART-RL options given on the command line (config field names), seed included
     snap: int                    # iterations between snapshots
-    cf_samples: int              # trajectories of the closed form's estimate of E|Q|
+    cf_samples: Optional[int]    # trajectories of the closed form's estimate of E|Q| (None: the adaptive estimate)
     solver: str                  # the solver the grids are made for (direct, gits); euler for ART
     world_size: int              # processes of the run
 
@@ -106,7 +106,8 @@ class RunOptions:
 
     def method_options(self) -> dict:
         """Options of the schedule maker of a non-RL method: the run's seed, and the closed form's sample count."""
-        return dict(seed=self.rl['seed'], **(dict(num_samples=self.cf_samples) if self.method == 'closed-form' else {}))
+        fixed = self.method == 'closed-form' and self.cf_samples is not None
+        return dict(seed=self.rl['seed'], **(dict(num_samples=self.cf_samples) if fixed else {}))
 
 
 def option_flag(name: str) -> str:
@@ -155,7 +156,7 @@ def check_new_run(steps: List[int], method: str, solver: str, rl: dict, explicit
 
 
 def new_run_options(network: str, net: torch.nn.Module, steps: List[int], method: str, preset: str, rl: dict,
-                    snap: int, cf_samples: int, solver: str) -> RunOptions:
+                    snap: int, cf_samples: Optional[int], solver: str) -> RunOptions:
     """The options of a new run (rl: the ART-RL options given, by field name, and the seed); UserError names an
     ART-RL option the preset's learner does not have, or a bad value, before anything is written."""
     chosen = auto_preset(net) if preset == 'auto' else preset

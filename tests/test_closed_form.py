@@ -1,4 +1,6 @@
 """art.closed_form: the training-free ART optimum against the closed forms of docs/method.md §5."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,8 @@ from scipy.integrate import quad
 from scipy.optimize import brentq
 
 from art.analytic import gauss_w2, load_analytic, reference_solution, write_random_gmm
-from art.closed_form import closed_form_schedule, estimate_qbar, lambda_clock
+from art.closed_form import (AdaptiveSettings, adaptive_estimate, adaptive_schedule, closed_form_schedule, draw_latents,
+                              estimate_qbar, fine_levels, lambda_clock, trajectory_q)
 from art.schedules import baseline_schedule, load_schedule, save_schedule
 from edm.sampler import sample
 
@@ -84,3 +87,66 @@ def test_closed_form_beats_edm_on_a_mixture(tmp_path):
         return float((sample(net, latents, sigmas, solver='euler') - ref).pow(2).sum((1, 2, 3)).mean().sqrt())
 
     assert rms(sched.sigmas) < 0.8 * rms(baseline_schedule('edm', 10, net).sigmas)
+
+
+# --- the adaptive estimate (AdaptiveSettings): doubling until the clock stops moving, under a budget -------------
+
+GAUSS = 'analytic:gauss:std=0.5,shape=1x2x2'
+
+
+def test_adaptive_converges_early_on_a_gaussian():
+    """Every trajectory of a Gaussian has the same |Q| profile up to a factor: the second estimate does not move."""
+    net = load_analytic(GAUSS)
+    settings = AdaptiveSettings(q_mode='fd', levels=32, start_samples=2)
+    est = adaptive_estimate(net, settings)
+    assert est.stop == 'converged' and [h['num_samples'] for h in est.history] == [2, 4]
+    assert est.history[-1]['evals'] == 4 * settings.trajectory_cost() < settings.budget
+    clock = lambda_clock(est.estimate.sigma, est.estimate.qbar)
+    for K in [3, 5, 10]:                             # 32 levels: within 1% of the exact optimum
+        np.testing.assert_allclose(clock.grid(K), exact_grid(0.5, 80.0, K), rtol=0.01)
+
+
+def test_adaptive_stops_at_the_budget_and_reuses_its_trajectories(tmp_path):
+    """An unreachable tolerance: doublings 2 -> 4 -> 8, then as many as the budget still holds (3); the estimates
+    along the way are those of the first n trajectories, so a smaller budget repeats the first moves exactly."""
+    net = load_analytic(f'analytic:gmm:{write_random_gmm(tmp_path / "m.npz", 4, (1, 2, 2), seed=0)}')
+    settings = AdaptiveSettings(q_mode='flow', levels=8, start_samples=2, tolerance=1e-12, budget=11 * 14 + 5)
+    est = adaptive_estimate(net, settings)
+    assert est.stop == 'budget' and [h['num_samples'] for h in est.history] == [2, 4, 8, 11]
+    assert est.history[-1]['evals'] == 11 * 14 == est.estimate.forward_evals and est.estimate.jvp_evals == 0
+    smaller = adaptive_estimate(net, dataclasses.replace(settings, budget=4 * 14))
+    assert smaller.stop == 'budget' and smaller.history == est.history[:2]
+    generator = torch.Generator().manual_seed(0)
+    q = np.concatenate([trajectory_q(net, *draw_latents(net, 2, generator), smaller.estimate.sigma, 'flow')
+                        for _ in range(2)])
+    np.testing.assert_allclose(smaller.estimate.qbar, q.mean(axis=0), rtol=1e-12)
+
+
+def test_adaptive_schedule_provenance_says_why_it_stopped():
+    settings = AdaptiveSettings(levels=16, start_samples=1)
+    sched = adaptive_schedule(load_analytic(GAUSS), 'analytic:gauss', settings)
+    assert sched.method == 'closed-form' and sched.num_steps == 10 and sched.clock is not None
+    prov = sched.provenance
+    assert prov['estimate']['rule'] == 'adaptive' and prov['estimate']['stop'] == 'converged'
+    assert prov['estimate']['settings'] == dataclasses.asdict(settings)
+    assert prov['cost']['evals'] == prov['estimate']['history'][-1]['evals'] == 2 * (2 * 15 + 1 + 16)
+    assert prov['reference']['num_samples'] == 2 and prov['reference']['levels'] == 16
+
+
+def test_adaptive_settings_are_checked():
+    with pytest.raises(ValueError, match='q_mode'):
+        AdaptiveSettings(q_mode='exact')
+    with pytest.raises(ValueError, match='budget'):
+        AdaptiveSettings(budget=10)
+
+
+@pytest.mark.parametrize('mode, levels, rtol', [('fd', 32, 1e-5), ('flow', 32, 0.06), ('flow', 64, 0.03)])
+def test_q_modes_agree_with_jvp_on_a_gaussian(mode, levels, rtol):
+    """fd: the same clock as jvp (a small forward difference); flow: Heun's stages over a whole fine step, first order
+    in the step (docs/method.md §5, the estimate's size)."""
+    net = load_analytic(GAUSS)
+    sigma = fine_levels(net, levels)
+    latents, labels = draw_latents(net, 2, torch.Generator().manual_seed(0))
+    clocks = [lambda_clock(sigma, trajectory_q(net, latents, labels, sigma, m).mean(axis=0)) for m in ('jvp', mode)]
+    for K in [3, 5, 10, 18]:
+        np.testing.assert_allclose(clocks[1].grid(K), clocks[0].grid(K), rtol=rtol)
