@@ -114,7 +114,8 @@ def make_clock(net, network: str, folder: Optional[str] = None, settings: Adapti
     watch = Stopwatch()
     schedule = adaptive_schedule(net, network, settings, seed)
     schedule.provenance['cache_key'] = key
-    made = f'made in {watch.seconds(1)["wall_seconds"]} s, {schedule.provenance["cost"]["evals"]:,} network evaluations'
+    seconds, evals = watch.seconds()['wall_seconds'], schedule.provenance['cost']['evals']
+    made = f'made in {seconds:.3g} s, {evals:,} network evaluations'
     try:
         save_schedule(schedule, path)
         log(f'ART clock for {network}: {made} (cached in {path})')
@@ -146,11 +147,21 @@ def shipped_path(network: str, num_steps: int) -> Optional[Path]:
     return None if split_guided_spec(network)[1] is not None else shipped_schedule_path(network, num_steps)
 
 
-def art_schedule(net, network: str, num_steps: int, folder: Optional[str] = None, log: Log = print,
-                 settings: AdaptiveSettings = AdaptiveSettings(), seed: int = 0) -> Schedule:
-    """The network's ART schedule for K = num_steps: its shipped file (an unguided network), else its clock
-    (shared_clock) read at K."""
-    shipped = shipped_path(network, num_steps)
-    if shipped is not None:
-        return load_schedule(shipped, num_steps=num_steps, resample=True)
-    return shared_clock(net, network, folder, settings, seed, log).resample(num_steps)
+class ArtSchedules:
+    """The network's ART schedule for any K: its shipped file (an unguided network), else its clock (shared_clock,
+    read or made once, on first use) read at K."""
+
+    def __init__(self, net, network: str, folder: Optional[str] = None, log: Log = print,
+                 settings: AdaptiveSettings = AdaptiveSettings(), seed: int = 0):
+        self.net, self.network, self.folder, self.log = net, network, folder, log
+        self.settings, self.seed = settings, seed
+        self.clock: Optional[Schedule] = None
+
+    def __call__(self, num_steps: int) -> Schedule:
+        """The schedule for K = num_steps."""
+        shipped = shipped_path(self.network, num_steps)
+        if shipped is not None:
+            return load_schedule(shipped, num_steps=num_steps, resample=True)
+        if self.clock is None:
+            self.clock = shared_clock(self.net, self.network, self.folder, self.settings, self.seed, self.log)
+        return self.clock.resample(num_steps)

@@ -3,10 +3,12 @@
     python -m art.bench --network=analytic:gauss1d --steps=2,5,10,20,50,100 --schedules=uniform,edm,closed-form --metric=w2
     python -m art.bench --network=analytic:gmm:mix.npz --steps=5,10 --schedules=edm,closed-form,run/schedule-k10.json
 
-Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), schedule methods made on the fly for each K
-(`closed-form`: the training-free ART optimum, estimated once and read off its clock; `direct`: LD3-style grid
-optimisation; `gits`: GITS-style dynamic programming; these use seeds of their own, disjoint from the benchmark's),
-or schedule files (resampled to other K, with a note). Metrics and measurement: art/compare.py. With
+Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), `art` (the network's ART schedule, as
+generate_art.py samples by default: its shipped file, else its ART clock made on first use and cached,
+art/auto_clock.py, `--cache-dir`), schedule methods made on the fly for each K (`closed-form`: the training-free ART
+optimum, estimated once and read off its clock; `direct`: LD3-style grid optimisation; `gits`: GITS-style dynamic
+programming; these use seeds of their own, disjoint from the benchmark's), or schedule files (resampled to other K,
+with a note). Metrics and measurement: art/compare.py. With
 `--repeats=R` every value is measured on R disjoint seed sets and reported as mean +- standard deviation. `--gnet` and
 `--guidance` measure on the autoguided field of a network pickle (edm.guidance), the field generate_art.py integrates.
 Sizes are bounded so that a typo cannot run for days or exhaust memory: at most MAX_LATENTS latents in all
@@ -21,6 +23,7 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from art import metrics
+from art.auto_clock import CACHE_ENV, NAME, ArtSchedules
 from art.compare import ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
 from edm.cli import SEED, Command, check_output_file, guidance_options, name_list_callback, parse_device, steps_callback
@@ -45,8 +48,8 @@ def check_sizes(num: int, repeats: int, seed: int) -> None:
 @click.option('--network', help='Network pickle, URL or analytic:... spec', metavar='PATH|URL|SPEC', required=True)
 @click.option('--steps', help='Step counts K (e.g. 2,5,10)', metavar='LIST', default='2,5,10', show_default=True,
               callback=steps_callback())
-@click.option('--schedules', help='Comma-separated baselines, methods (closed-form, direct, gits) or schedule files',
-              metavar='LIST',
+@click.option('--schedules', help=f'Comma-separated baselines, {NAME} (the network\'s ART schedule), methods '
+              f'(closed-form, direct, gits) or schedule files', metavar='LIST',
               default='edm,uniform,logsnr,closed-form', show_default=True, callback=name_list_callback)
 @click.option('--solver', type=click.Choice(SOLVERS), default='euler', show_default=True)
 @click.option('--metric', type=click.Choice(['w2', 'rms', 'fid']), default='rms', show_default=True)
@@ -66,10 +69,13 @@ def check_sizes(num: int, repeats: int, seed: int) -> None:
               callback=parse_device)
 @click.option('--trust-pickle', is_flag=True, help='Run the code embedded in the network pickle')
 @click.option('--out', help='Write the rows as JSON here', metavar='JSON', type=str, default=None)
+@click.option('--cache-dir', help=f'Folder of cached ART clocks  [default: ${CACHE_ENV}, else dnnlib\'s cache]',
+              metavar='DIR', type=str, default=None)
 @guidance_options()
 def main(network: str, steps: List[int], schedules: List[str], solver: str, metric: str, num: int, repeats: int,
          ref: Optional[str], detector: str, batch: int, seed: int, cf_samples: int, device: torch.device,
-         trust_pickle: bool, out: Optional[str], gnet: Optional[str], guidance: Optional[float]) -> None:
+         trust_pickle: bool, out: Optional[str], cache_dir: Optional[str], gnet: Optional[str],
+         guidance: Optional[float]) -> None:
     """Compare schedules side by side on one network."""
     network = guided_spec(network, gnet, check_guidance_options(gnet, guidance))
     if not schedules:
@@ -86,7 +92,9 @@ def main(network: str, steps: List[int], schedules: List[str], solver: str, metr
     if metric == 'w2':
         metrics.check_exact_w2(net)
     method_options = {'closed-form': dict(num_samples=cf_samples)}
-    sources = [ScheduleSource(spec, net, network, solver, method_options) for spec in schedules]
+    art = ArtSchedules(net, network, cache_dir, log=lambda line: click.echo(line, err=True))
+    sources = [ScheduleSource(spec, net, network, solver, method_options, maker=art if spec == NAME else None)
+               for spec in schedules]
     for source in sources:
         if source.note:
             click.echo(f'Note: {source.note}.', err=True)

@@ -10,7 +10,7 @@ for pickles); `fid`, FID against reference statistics of images quantised exactl
 
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ class ScheduleSource:
     says when it was made for another network."""
 
     def __init__(self, spec: str, net: torch.nn.Module, network: str, solver: str,
-                 method_options: Optional[Dict[str, dict]] = None, maker: Optional[ScheduleMaker] = None):
+                 method_options: Optional[Dict[str, dict]] = None,
+                 maker: Optional[Callable[[int], Schedule]] = None):
         self.spec = spec
         self.net = net
         self.maker = maker                          # a maker shared with other columns (made once for all)

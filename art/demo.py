@@ -1,42 +1,34 @@
-"""The main job (`make demo`): the shipped ART schedule against EDM's grid at the same budget, side by side.
+"""The main job (`make demo`): the network's ART schedule against EDM's grid at the same budget, side by side.
 
     python -m art.demo [--network=SPEC] [--steps=10] [--outdir=demo-out] [--seeds=0-15]
 
-Both grids sample the same latents with the same solver; each result is compared with a high-accuracy solution of the
-probability-flow ODE from the same latents (exact for analytic models). Writes `comparison.png` (EDM | ART |
-reference), the per-seed PNGs under `edm/` and `art/`, and `results.json`; prints the endpoint errors. At most
-MAX_SEEDS seeds (one picture) and K <= edm.grids.MAX_STEPS.
+The ART side is the network's shipped schedule, else its ART clock made on first use and cached (art/auto_clock.py,
+`--cache-dir`). Both grids sample the same latents with the same solver; each result is compared with a
+high-accuracy solution of the probability-flow ODE from the same latents (exact for analytic models). Writes
+`comparison.png` (EDM | ART | reference), the per-seed PNGs under `edm/` and `art/`, and `results.json`; prints the
+endpoint errors. At most MAX_SEEDS seeds (one picture) and K <= edm.grids.MAX_STEPS.
 """
 
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import click
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
-import torch
 
 import dnnlib
 from art import metrics
 from art.analytic import AnalyticModel
-from art.closed_form import closed_form_schedule
-from art.networks import DEFAULT_NETWORK, load_network_spec, shipped_schedule_path
-from art.schedules import Schedule, baseline_schedule, load_schedule
+from art.auto_clock import CACHE_ENV, ArtSchedules
+from art.networks import DEFAULT_NETWORK, load_network_spec
+from art.schedules import Schedule, baseline_schedule
 from dnnlib.util import UserError
 from edm.cli import STEPS, Command, check_output_dir, parse_seeds
 from edm.images import image_grid, save_images, save_png
 from edm.rng import seed_latents
 from edm.sampler import sample
-
-
-def art_schedule(network: str, net: torch.nn.Module, num_steps: int) -> Schedule:
-    """The shipped schedule for the network at K (resampled from the nearest shipped K), else the closed form."""
-    path = shipped_schedule_path(network, num_steps)
-    if path is not None:
-        return load_schedule(path, num_steps=num_steps, resample=True)
-    return closed_form_schedule(net, num_steps, network=network)
 
 
 REFERENCE_STEPS = 128   # Heun steps of a trained network's reference solve (NFE 255: the demo stays under a minute)
@@ -88,10 +80,13 @@ def common_start(schedules: Dict[str, Schedule]) -> float:
     return sigma_T
 
 
-def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str = 'euler') -> Dict:
-    """Sample `seeds` with the ART schedule and EDM's grid; write the comparison; return the measured errors."""
+def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str = 'euler',
+             cache_dir: Optional[str] = None) -> Dict:
+    """Sample `seeds` with the network's ART schedule (art.auto_clock: shipped, else its cached clock) and EDM's grid;
+    write the comparison; return the measured errors."""
     net = load_network_spec(network)
-    schedules = {'edm': baseline_schedule('edm', num_steps, net=net), 'art': art_schedule(network, net, num_steps)}
+    schedules = {'edm': baseline_schedule('edm', num_steps, net=net),
+                 'art': ArtSchedules(net, network, cache_dir)(num_steps)}
     sigma_T = common_start(schedules)
     latents, labels, _ = seed_latents(net, seeds)
     reference = metrics.reference_endpoints(net, latents, sigma_T, labels, steps=REFERENCE_STEPS)
@@ -121,12 +116,14 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
 @click.option('--seeds', help=f'Random seeds (e.g. 0-15), at most {MAX_SEEDS}', metavar='LIST', default='0-15',
               show_default=True, callback=parse_seeds)
 @click.option('--solver', type=click.Choice(['euler', 'heun']), default='euler', show_default=True)
-def main(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str) -> None:
-    """Compare the shipped ART schedule with EDM's grid on the default network."""
+@click.option('--cache-dir', help=f'Folder of cached ART clocks  [default: ${CACHE_ENV}, else dnnlib\'s cache]',
+              metavar='DIR', type=str, default=None)
+def main(network: str, num_steps: int, outdir: str, seeds: List[int], solver: str, cache_dir: Optional[str]) -> None:
+    """Compare the network's ART schedule with EDM's grid (the shipped one on the default network)."""
     if len(seeds) > MAX_SEEDS:
         raise UserError(f'--seeds gives {len(seeds):,} seeds, more than the {MAX_SEEDS} the picture shows; give fewer')
     check_output_dir(outdir, '--outdir')
-    summary = run_demo(network or DEFAULT_NETWORK, num_steps, outdir, seeds, solver)
+    summary = run_demo(network or DEFAULT_NETWORK, num_steps, outdir, seeds, solver, cache_dir)
     print(f'{summary["network"]}, K={num_steps} ({solver}), {len(seeds)} seeds: rms endpoint error against the '
           f'reference solution of the same latents ({summary["reference"]})')
     for name, result in summary['results'].items():

@@ -15,10 +15,12 @@ import PIL.Image
 import pytest
 
 from art import auto_clock
+from art.closed_form import AdaptiveSettings
 from art.networks import load_network_spec
 from art.schedules import Schedule, load_schedule, save_schedule
 from conftest import ROOT, run_cli_in_process, tiny_edm_net, write_network_pkl
 from edm.guidance import guided_spec
+from tiny_edm2 import TOY, tiny_edm2_net, write_edm2_pkl
 
 GAUSS = 'analytic:gauss1d'
 
@@ -167,3 +169,17 @@ def test_torchrun_samples_with_the_grid_of_one_process(tmp_path):
         name = f'{seed:06d}.png'
         assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'one' / name)),
                               np.asarray(PIL.Image.open(tmp_path / 'two' / name))), name
+
+
+def test_edm2_networks_guided_and_unguided_get_their_own_clock(tmp_path):
+    net_pkl = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
+    guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **TOY))
+    settings = AdaptiveSettings(budget=12, start_samples=1, levels=3)        # 4 evaluations a trajectory: at most 3
+    paths = set()
+    for network in (net_pkl, guided_spec(net_pkl, guide, 2.0)):
+        lines = []
+        schedule = auto_clock.make_clock(load_network_spec(network), network, str(tmp_path / 'c'), settings,
+                                         log=lines.append)
+        assert schedule.provenance['network'] == network and ' made in ' in lines[0]
+        paths.add(lines[0].rsplit('(cached in ', 1)[1])
+    assert len(paths) == 2

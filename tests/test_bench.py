@@ -93,3 +93,17 @@ def test_bad_sizes_and_metrics_are_one_line_in_process(tmp_path, capsys, args, w
     err = capsys.readouterr().err
     assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['mix.npz']
+
+
+def test_art_column_is_the_networks_clock_made_once_for_every_k(tmp_path):
+    args = ['-m', 'art.bench', '--network=analytic:gauss1d', '--steps=2,5', '--schedules=edm,art', '--metric=w2',
+            f'--cache-dir={tmp_path}']
+    code, out, err = run_cli_in_process(args)
+    assert code == 0, err
+    (path,) = tmp_path.iterdir()
+    assert err.count('ART clock for analytic:gauss1d: made in ') == 1 and f'(cached in {path})' in err
+    art = next(line for line in out.splitlines() if line.startswith('| art |'))
+    edm = next(line for line in out.splitlines() if line.startswith('| edm |'))
+    assert all(float(a.strip('* ')) < float(e.strip('* ')) for a, e in zip(art.split('|')[2:-1], edm.split('|')[2:-1]))
+    code, _, err = run_cli_in_process(args)
+    assert code == 0 and f'from the cache ({path}), no network evaluation' in err, err

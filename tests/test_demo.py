@@ -52,3 +52,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words)
     err = capsys.readouterr().err
     assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words.format(**paths) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+def test_a_network_without_shipped_schedules_gets_its_art_clock(tmp_path, capsys):
+    network = 'analytic:gauss:std=0.5,shape=1x4x4'
+    for outdir in ('a', 'b'):
+        main.main([f'--network={network}', '--steps=3', '--seeds=0-1', f'--outdir={tmp_path / outdir}',
+                   f'--cache-dir={tmp_path / "c"}'], standalone_mode=False)
+    out = capsys.readouterr().out
+    assert f'ART clock for {network}: made in ' in out and f'ART clock for {network}: from the cache (' in out
+    results = json.loads((tmp_path / 'b' / 'results.json').read_text())['results']
+    assert results['art']['method'] == 'closed-form' and results['art']['rms'] < results['edm']['rms']

@@ -133,3 +133,19 @@ def test_unbounded_sizes_are_one_line_before_any_work(tmp_path, capsys, args, wo
     err = capsys.readouterr().err
     assert info.value.code != 0 and err.startswith('error: ') and err.count('\n') == 1 and words in err
     assert os.listdir(tmp_path) == []
+
+
+def test_without_schedule_the_networks_art_clock_is_made_once_then_reused(tmp_path):
+    common = ['--network=analytic:gauss:std=0.5,shape=1x4x4', '--seeds=0-1', '--steps=3',
+              f'--cache-dir={tmp_path / "c"}']
+    first, again = (_run(common + [f'--outdir={tmp_path / name}']) for name in ('a', 'b'))
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    (path,) = (tmp_path / 'c').iterdir()
+    assert ' made in ' in first.stdout and f'(cached in {path})' in first.stdout
+    assert f'from the cache ({path}), no network evaluation' in again.stdout
+    assert all('Schedule closed-form: K=3, solver heun' in out.stdout for out in (first, again))
+    for name in ('000000.png', '000001.png'):
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
+    # --disc alone, without --schedule, is python -m edm.generate: no clock.
+    out = _run(common + ['--disc=edm', f'--outdir={tmp_path / "d"}'])
+    assert out.returncode == 0 and 'ART clock' not in out.stdout and 'Schedule' not in out.stdout, out.stderr
