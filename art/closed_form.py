@@ -13,6 +13,13 @@ Estimation (``estimate_qbar``):
 - |Q| (Euclidean norm, one JVP each) at every level of the fine grid, averaged over samples; the field f evaluated for
   Q is reused as Heun's first stage, so each trajectory costs 2*fine_steps - 1 forward passes and fine_steps JVPs.
 
+Adaptive estimate (``adaptive_estimate``, the default; ``AdaptiveSettings``): start_samples trajectories on `levels`
+fine levels, then their number doubled (the first n kept: one generator draws them in order) until the grids of
+K = min_steps..max_steps move by less than `tolerance` in log sigma (max over K and interior levels), or the next
+doubling would pass `budget` network evaluations (forward passes and JVPs counted alike): then as many as still fit are
+added once and the estimate stops with 'budget'. Q by 'fd' costs what 'jvp' costs in evaluations and gives the same
+clock, at a forward pass's CPU time; 'flow' (Heun's stages, free) is first order in the fine step (docs/method.md §5).
+
 Lambda (``lambda_clock``): sqrt(qbar) is integrated in v = sigma^(1/rho) (where the fine grid is uniform) with the
 antiderivative of a monotone PCHIP interpolant of sqrt(qbar) dsigma/dv; below the smallest evaluated sigma_min the
 rule is qbar(sigma) = qbar(sigma_min), so Lambda(sigma_min) = sigma_min sqrt(qbar(sigma_min)). The continuous clock is
