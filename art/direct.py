@@ -62,6 +62,9 @@ from torch_utils.misc import module_device
 
 INIT_SIGMA_MINS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)   # starts scanned; 0.002 is EDM's own grid
 NUM_LATENTS = 1024                                          # training latents (module docstring)
+NUM_HOLDOUT = 1024                                          # held-out latents that choose the returned iterate
+MAX_ITERS = 1000                                            # the cap on Adam iterations (the lr anneals over it)
+STOP_WINDOW, STOP_TOL = 100, 1e-3                           # converged: < 0.1% lower training loss in 100 iterations
 
 
 def rollout(net: torch.nn.Module, latents: torch.Tensor, sigmas: torch.Tensor, class_labels: Optional[torch.Tensor],
@@ -161,21 +164,37 @@ class EndpointLoss:
 @dataclasses.dataclass
 class Fit:
     """What the fit went through: each candidate start's (training loss, logits, held-out loss), the start taken, the
-    training loss of every iteration and the scored points (held-out loss, training loss, where, logits)."""
+    training loss of every iteration, the scored points (held-out loss, training loss, where, logits) and why it
+    stopped ('converged' or 'cap')."""
     starts: dict
     start: str
     history: list
     scored: list
+    stop: str = 'cap'
 
     @property
     def best(self) -> tuple:
         """The scored point with the lowest held-out loss."""
         return min(self.scored, key=lambda row: row[0])
 
+    @property
+    def iterations(self) -> int:
+        """The Adam steps taken (a converged fit stops at a scored iterate before its step)."""
+        return len(self.history) - (self.stop == 'converged')
 
-def fit(loss: EndpointLoss, starts: Dict[str, torch.Tensor], iters: int, lr: float, eval_every: int) -> Fit:
-    """Adam on the logits from the candidate start with the lowest training loss, lr cosine-annealed to 0; every
-    candidate start, every eval_every-th iterate and the final one are scored on the held-out latents."""
+
+def converged(history: Sequence[float], window: int, tol: float) -> bool:
+    """The lowest training loss improved by less than the fraction tol over the last `window` iterations (tol = 0:
+    never, since the lowest over more iterations can only be lower)."""
+    n = len(history)
+    return n >= 2 * window and min(history) > (1 - tol) * min(history[:n - window])
+
+
+def fit(loss: EndpointLoss, starts: Dict[str, torch.Tensor], iters: int, lr: float, eval_every: int,
+        window: int, tol: float) -> Fit:
+    """Adam on the logits from the candidate start with the lowest training loss, lr cosine-annealed to 0 over `iters`
+    (the cap); every candidate start, every eval_every-th iterate and the last one are scored on the held-out latents;
+    at each scored iterate the fit stops if it has converged (`converged`)."""
     scored = []
 
     def score(z: torch.Tensor, train_loss: float, where) -> float:
@@ -198,6 +217,8 @@ def fit(loss: EndpointLoss, starts: Dict[str, torch.Tensor], iters: int, lr: flo
         history.append(loss(logits, with_grad=True))
         if iteration and iteration % eval_every == 0:   # iteration 0 is the start, scored above
             score(logits, history[-1], iteration)
+            if converged(history, window, tol):         # the iterate just scored is the last one
+                return Fit(scanned, start, history, scored, 'converged')
         optimizer.step()
         annealing.step()
     score(logits, loss(logits.detach()), steps)
@@ -205,7 +226,7 @@ def fit(loss: EndpointLoss, starts: Dict[str, torch.Tensor], iters: int, lr: flo
 
 
 def provenance_fields(result: Fit, loss: EndpointLoss, init: str, iters: int, lr: float, eval_every: int,
-                      seed: int) -> dict:
+                      window: int, tol: float, seed: int) -> dict:
     """The provenance of a direct grid, apart from the network, the cost and the code version."""
     num_steps = len(result.starts[result.start][1])
     first, num, num_holdout = loss.first_seed, loss.train.stop, loss.holdout.stop - loss.holdout.start
@@ -220,8 +241,12 @@ def provenance_fields(result: Fit, loss: EndpointLoss, init: str, iters: int, lr
                  'candidates_holdout_rms': {k: math.sqrt(v[2]) for k, v in result.starts.items()},
                  'rule': 'start from the candidate grid with the lowest training rms', 'start': result.start,
                  'sigmas': grid_from_logits(result.starts[result.start][1], loss.sigma_max).tolist()},
-        'num_steps_built_for': num_steps, 'iterations': int(iters) if num_steps > 1 else 0,
-        'optimizer': 'adam, lr cosine-annealed to 0', 'lr': lr, 'batch_size': loss.batch_size,
+        'num_steps_built_for': num_steps, 'iterations': result.iterations,
+        'stop': {'reason': result.stop, 'cap': int(iters) if num_steps > 1 else 0,
+                 'rule': f'stop at a scored iterate once the lowest training loss improved by less than {tol:g} '
+                         f'(relative) over the last {window} iterations (at least {2 * window} iterations), else at '
+                         'the cap'},
+        'optimizer': 'adam, lr cosine-annealed to 0 over the cap', 'lr': lr, 'batch_size': loss.batch_size,
         'latents': {'num': num, 'seeds': f'{first}-{first + num - 1}', 'sigma_max': loss.sigma_max},
         'holdout': {'num': num_holdout, 'seeds': f'{first + num}-{first + num + num_holdout - 1}',
                     'eval_every': eval_every, 'returned': result.best[2],
@@ -236,18 +261,21 @@ def provenance_fields(result: Fit, loss: EndpointLoss, init: str, iters: int, lr
 
 
 def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str] = None, solver: str = 'euler',
-                    num_latents: int = NUM_LATENTS, iters: int = 300, lr: float = 0.05, seed: int = 0,
+                    num_latents: int = NUM_LATENTS, iters: int = MAX_ITERS, lr: float = 0.05, seed: int = 0,
                     init: str = 'edm', init_sigma_mins: Sequence[float] = INIT_SIGMA_MINS,
                     init_grids: Optional[dict] = None, sigma_max: Optional[float] = None, batch_size: int = 256,
-                    num_holdout: int = 256, eval_every: int = 10,
-                    reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
-    """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error (module docstring)."""
+                    num_holdout: int = NUM_HOLDOUT, eval_every: int = 10, window: int = STOP_WINDOW,
+                    tol: float = STOP_TOL, reference: tuple = ('heun', REFERENCE_STEPS)) -> Schedule:
+    """LD3-style grid: Adam on the K-1 interior levels to minimise the squared endpoint error, for at most `iters`
+    iterations, stopping once converged (window, tol: `converged`; tol = 0 runs the cap) (module docstring)."""
     check_choice('solver', solver, ('euler', 'heun'))
     check_choice('init', init, grids.DISCRETIZATIONS)
     grids.check_num_steps(num_steps)
-    if num_latents < 1 or iters < 0 or not lr > 0 or batch_size < 1 or num_holdout < 1 or eval_every < 1:
-        raise ValueError(f'need num_latents, batch_size, num_holdout, eval_every >= 1, iters >= 0 and lr > 0, got '
-                         f'{num_latents}, {batch_size}, {num_holdout}, {eval_every}, {iters}, {lr}')
+    if (num_latents < 1 or iters < 0 or not lr > 0 or batch_size < 1 or num_holdout < 1 or eval_every < 1
+            or window < 1 or not 0 <= tol < 1):
+        raise ValueError(f'need num_latents, batch_size, num_holdout, eval_every, window >= 1, iters >= 0, lr > 0 and '
+                         f'0 <= tol < 1, got {num_latents}, {batch_size}, {num_holdout}, {eval_every}, {window}, '
+                         f'{iters}, {lr}, {tol}')
     sigma_max = grids.horizon(net) if sigma_max is None else float(sigma_max)
     watch = Stopwatch()
     loss = EndpointLoss(net, solver, sigma_max, num_latents, num_holdout, TRAIN_SEED_BASE + seed, batch_size,
@@ -255,13 +283,13 @@ def direct_schedule(net: torch.nn.Module, num_steps: int, network: Optional[str]
     candidates = candidate_grids(net, int(num_steps), init, init_sigma_mins, init_grids, sigma_max)
     device = module_device(net)
     result = fit(loss, {name: logits_from_grid(grid).to(device) for name, grid in candidates.items()}, iters, lr,
-                 eval_every)
+                 eval_every, window, tol)
     best_holdout, best_loss, _, best_logits = result.best
     start_loss, _, start_holdout = result.starts[result.start]
     sigmas = grid_from_logits(best_logits, sigma_max).cpu().numpy()
     sigmas[0], sigmas[-1] = sigma_max, 0.0
-    provenance = method_provenance(network, provenance_fields(result, loss, init, iters, lr, eval_every, seed),
-                                   dict(loss.cost(), **watch.seconds()))
+    fields = provenance_fields(result, loss, init, iters, lr, eval_every, window, tol, seed)
+    provenance = method_provenance(network, fields, dict(loss.cost(), **watch.seconds()))
     metrics = {'train_rms': math.sqrt(best_loss), 'train_rms_start': math.sqrt(start_loss),
                'holdout_rms': math.sqrt(best_holdout), 'holdout_rms_start': math.sqrt(start_holdout)}
     return Schedule('direct', sigmas, solver=solver, clock=clock_from_grid(sigmas), provenance=provenance,

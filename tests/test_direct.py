@@ -5,7 +5,7 @@ import torch
 
 from art.analytic import load_analytic, write_random_gmm
 from art.closed_form import closed_form_schedule
-from art.direct import direct_schedule, grid_from_logits, logits_from_grid, rollout
+from art.direct import converged, direct_schedule, grid_from_logits, logits_from_grid, rollout
 from art.latents import TRAIN_SEED_BASE, training_latents
 from art.metrics import reference_endpoints, rms_error
 from art.schedules import load_schedule, save_schedule
@@ -131,3 +131,32 @@ def test_never_worse_held_out_than_a_candidate_start(gmm):
     np.testing.assert_array_equal(wild.sigmas[1:-1], grid_from_logits(logits_from_grid(good.sigmas), 80.0)[1:-1])
     assert wild.metrics['holdout_rms'] == pytest.approx(
         held_out_rms(gmm, good.sigmas, 'euler', first_seed=TRAIN_SEED_BASE + NUM), rel=1e-9)
+
+
+def test_converged_rule():
+    """Converged once the lowest training loss fell by less than the fraction tol over the last window iterations."""
+    flat = [4.0, 3.0, 2.0, 1.0, 1.0, 0.9995, 1.2, 1.0]
+    assert converged(flat, 4, 1e-3)                         # 1.0 -> 0.9995 over the last 4: 0.05%
+    assert not converged(flat, 4, 1e-4)
+    assert not converged(flat[:7], 4, 1e-3)                 # fewer than 2 windows
+    assert not converged([1.0] * 20, 4, 0.0)                # tol = 0: never
+    assert not converged([4.0, 3.0, 2.0, 1.0, 0.9, 0.8, 0.7, 0.6], 4, 1e-3)
+
+
+def test_direct_stops_when_converged_and_records_why(gmm):
+    s = direct_schedule(gmm, 3, num_latents=16, num_holdout=16, iters=400, eval_every=5, window=10, tol=1e-2,
+                        init_sigma_mins=(0.5,))
+    stop, iterations = s.provenance['stop'], s.provenance['iterations']
+    assert stop['reason'] == 'converged' and stop['cap'] == 400 and '10 iterations' in stop['rule']
+    assert 20 <= iterations < 400 and iterations % 5 == 0     # stops at a scored iterate, after 2 windows
+    assert s.provenance['cost']['backward_evals'] == (iterations + 1) * 16 * nfe(3, 'euler')
+    assert len(s.provenance['holdout']['loss_history']) == iterations // 5    # no extra final scoring
+
+
+def test_direct_respects_the_cap(gmm):
+    """tol = 0 never converges: the fit runs the cap, whatever the window."""
+    s = direct_schedule(gmm, 3, num_latents=16, num_holdout=16, iters=30, window=1, tol=0.0, init_sigma_mins=(0.5,))
+    assert s.provenance['stop']['reason'] == 'cap' and s.provenance['iterations'] == 30
+    assert s.provenance['cost']['backward_evals'] == 30 * 16 * nfe(3, 'euler')
+    with pytest.raises(ValueError, match='tol'):
+        direct_schedule(gmm, 3, num_latents=16, num_holdout=16, iters=30, tol=1.0)
