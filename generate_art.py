@@ -117,8 +117,10 @@ def main(ctx: click.Context, network: str, outdir: str, seeds: List[int], subdir
     generate_images(net, outdir, seeds, sampler, class_idx=class_idx, max_batch_size=max_batch_size,
                     subdirs=subdirs, device=device)
     if dist.get_rank() == 0:
-        save_png(grid_from_files([image_path(outdir, seed, subdirs) for seed in seeds[:GRID_IMAGES]]), grid_path(outdir))
-    dist.print0(f'Done: {len(seeds)} images in "{outdir}", the first {min(len(seeds), GRID_IMAGES)} in "{grid_path(outdir)}".')
+        first = [image_path(outdir, seed, subdirs) for seed in seeds[:GRID_IMAGES]]
+        save_png(grid_from_files(first), grid_path(outdir))
+    dist.print0(f'Done: {len(seeds)} images in "{outdir}", '
+                f'the first {min(len(seeds), GRID_IMAGES)} in "{grid_path(outdir)}".')
 
 
 if __name__ == '__main__':

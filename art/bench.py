@@ -1,6 +1,6 @@
 """Compare schedules side by side on one network: a table of schedule x steps x metric, measured in one run.
 
-    python -m art.bench --network=analytic:gauss1d --steps=2,5,10,20,50,100 --schedules=uniform,edm,closed-form --metric=w2
+    python -m art.bench --network=analytic:gauss1d --steps=2,5,10,20,50 --schedules=uniform,edm,closed-form --metric=w2
     python -m art.bench --network=analytic:gmm:mix.npz --steps=5,10 --schedules=edm,closed-form,run/schedule-k10.json
 
 Schedules are baseline names (edm, uniform, logsnr, vp, ve, iddpm), `art` (the network's ART schedule, as

@@ -121,7 +121,8 @@ def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources:
                 if metric == 'w2':
                     values.append(metrics.exact_w2(net, schedule.sigmas, solver))
                 elif metric == 'rms':
-                    x = sample_batches(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels, solver=solver)
+                    x = sample_batches(net, seed_set.latents, schedule.sigmas, class_labels=seed_set.labels,
+                                       solver=solver)
                     values.append(metrics.rms_error(x, seed_set.reference(float(schedule.sigmas[0]))))
                 else:
                     values.append(seed_set.fid(schedule.sigmas, solver, detector, ref, fid_options.get('batch', 64)))

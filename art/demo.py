@@ -61,8 +61,8 @@ def labelled(image: PIL.Image.Image, lines: List[str]) -> PIL.Image.Image:
 
 def side_by_side(panels: List[PIL.Image.Image], gap: int = 16) -> PIL.Image.Image:
     """Panels next to each other on a white background."""
-    canvas = PIL.Image.new('RGB', (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)),
-                           'white')
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    canvas = PIL.Image.new('RGB', (width, max(p.height for p in panels)), 'white')
     x = 0
     for panel in panels:
         canvas.paste(panel, (x, 0))
@@ -95,7 +95,8 @@ def run_demo(network: str, num_steps: int, outdir: str, seeds: List[int], solver
     for name, schedule in schedules.items():
         x = sample(net, latents, schedule.sigmas, class_labels=labels, solver=solver)
         save_images(x, seeds, os.path.join(outdir, name))
-        results[name] = dict(method=schedule.method, sigmas=schedule.sigmas.tolist(), rms=metrics.rms_error(x, reference))
+        results[name] = dict(method=schedule.method, sigmas=schedule.sigmas.tolist(),
+                             rms=metrics.rms_error(x, reference))
         title = "EDM's grid (rho=7)" if name == 'edm' else f'ART ({schedule.method})'
         panels.append(labelled(enlarged(image_grid(x), net.img_resolution),
                                [f'{title}, {solver} K={num_steps}', f'rms error {results[name]["rms"]:.3f}']))
@@ -127,7 +128,8 @@ def main(network: str, num_steps: int, outdir: str, seeds: List[int], solver: st
     print(f'{summary["network"]}, K={num_steps} ({solver}), {len(seeds)} seeds: rms endpoint error against the '
           f'reference solution of the same latents ({summary["reference"]})')
     for name, result in summary['results'].items():
-        print(f'  {name:4s} ({result["method"]}): {result["rms"]:.4f}   sigmas {[round(s, 3) for s in result["sigmas"]]}')
+        sigmas = [round(s, 3) for s in result['sigmas']]
+        print(f'  {name:4s} ({result["method"]}): {result["rms"]:.4f}   sigmas {sigmas}')
     print(f'Wrote {os.path.join(outdir, "comparison.png")} and results.json')
 
 

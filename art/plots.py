@@ -76,7 +76,8 @@ def _save_figure(fig, path: PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
     try:
-        return Path(dnnlib.util.atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120, bbox_inches='tight')))
+        return Path(dnnlib.util.atomic_write(path, lambda fh: fig.savefig(fh, format='png', dpi=120,
+                                                                           bbox_inches='tight')))
     finally:
         plt.close(fig)
 

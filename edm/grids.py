@@ -228,7 +228,8 @@ def horizon(net: Any) -> float:
 def default_sigma_range(disc: str, epsilon_s: float = 1e-3) -> tuple[float, float]:
     """The (sigma_min, sigma_max) a discretization uses when none is given (§3.3)."""
     check_choice('discretization', disc, DISCRETIZATIONS)
-    return {'vp': vp_default_range(epsilon_s), 've': (0.02, 100.0), 'iddpm': (0.002, 81.0)}.get(disc, (EDM_SIGMA_MIN, EDM_SIGMA_MAX))
+    ranges = {'vp': vp_default_range(epsilon_s), 've': (0.02, 100.0), 'iddpm': (0.002, 81.0)}
+    return ranges.get(disc, (EDM_SIGMA_MIN, EDM_SIGMA_MAX))
 
 
 def sigma_range(disc: str, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None, net: Any = None,

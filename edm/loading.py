@@ -171,7 +171,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backwa
     """Rebuild a tensor, refusing backward hooks and metadata."""
     if backward_hooks or metadata:
         raise PickleSecurityError('a pickled tensor carries backward hooks or metadata')
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, collections.OrderedDict())
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+                                           collections.OrderedDict())
 
 
 _SAFE_GLOBALS = {
@@ -583,7 +584,7 @@ def load_network_pkl(path_or_url: str, *, trust_embedded_code: bool = False) -> 
             raise UserError(f'cannot load {where!r}: {exc}') from None
         except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
             raise UserError(f'{where!r} is truncated or not a network pickle '
-                            f'({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else "no detail"})') from None
+                            f'({type(exc).__name__}: {(str(exc) or "no detail").splitlines()[0][:120]})') from None
     if not isinstance(data, dict) or 'ema' not in data:
         raise UserError(f'{where!r} is not an EDM network pickle (expected a dict with the key "ema")')
     if isinstance(data['ema'], PersistentPlaceholder):
