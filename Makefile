@@ -15,6 +15,7 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyp
 	touch $(VENV_STAMP)
 
 test: $(VENV_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 --dist=worksteal tests
 
 demo: $(VENV_STAMP)

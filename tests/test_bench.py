@@ -22,7 +22,8 @@ def test_cli_writes_json_and_rejects_bad_schedule(tmp_path):
     assert [(r['schedule'], r['steps']) for r in rows] == [('uniform', 2), ('uniform', 5), ('edm', 2), ('edm', 5)]
     bad = subprocess.run([sys.executable, '-m', 'art.bench', '--network=analytic:gauss1d', '--schedules=nope.json'],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)   # the real entry point
-    assert bad.returncode != 0 and bad.stderr.strip().startswith('error: ') and len(bad.stderr.strip().splitlines()) == 1
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and lines[0].startswith('error: ') and len(lines) == 1
 
 
 @pytest.mark.parametrize('args, pattern', [

@@ -24,7 +24,8 @@ def gauss1d_schedule():
 
 def exact_grid(c: float, T: float, K: int) -> np.ndarray:
     """docs/method.md §5: sigma uniform in int_0^sigma (c^2+u^2)^(-3/4) du (sqrt|Q| along the exact flow)."""
-    density = lambda u: (c * c + u * u) ** -0.75
+    def density(u):
+        return (c * c + u * u) ** -0.75
     total = quad(density, 0, T, epsabs=1e-14, epsrel=1e-13)[0]
     inner = [brentq(lambda s: quad(density, 0, s, epsabs=1e-14, epsrel=1e-13)[0] - (1 - k / K) * total, 0, T,
                     xtol=1e-14) for k in range(1, K)]

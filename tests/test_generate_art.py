@@ -27,14 +27,16 @@ def _run(args, in_process=True):
 def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
     save_schedule(Schedule('test', [80.0, 5.0, 0.5, 0.0], solver='euler', provenance={'network': 'analytic:gauss1d'}),
                   tmp_path / 's.json')
-    out = _run([f'--network={tiny_pkl}', '--seeds=0-2', f'--schedule={tmp_path / "s.json"}', f'--outdir={tmp_path / "a"}'])
+    out = _run([f'--network={tiny_pkl}', '--seeds=0-2', f'--schedule={tmp_path / "s.json"}',
+                f'--outdir={tmp_path / "a"}'])
     assert out.returncode == 0, out.stderr
     assert 'K=3, solver euler' in out.stdout
     assert f'Note: {tmp_path / "s.json"} was made for analytic:gauss1d, not {tiny_pkl}' in out.stdout
     assert sorted(os.listdir(tmp_path / 'a')) == ['000000.png', '000001.png', '000002.png']
     assert PIL.Image.open(tmp_path / 'a-grid.png').size == (2 * 8, 2 * 8)     # 3 images of 8x8 on a 2x2 grid
     # The same file at another K is resampled with a note.
-    out = _run([f'--network={tiny_pkl}', '--seeds=0', '--steps=5', f'--schedule={tmp_path / "s.json"}', f'--outdir={tmp_path / "b"}'])
+    out = _run([f'--network={tiny_pkl}', '--seeds=0', '--steps=5', f'--schedule={tmp_path / "s.json"}',
+                f'--outdir={tmp_path / "b"}'])
     assert out.returncode == 0 and 'resampled to K=5' in out.stdout, out.stderr
     # --schedule=edm at the default solver reproduces python -m edm.generate exactly.
     out = _run([f'--network={tiny_pkl}', '--seeds=0-1', '--steps=4', '--schedule=edm', f'--outdir={tmp_path / "c"}'])
@@ -43,7 +45,8 @@ def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
                                        '--device=cpu', f'--outdir={tmp_path / "d"}'])
     assert code == 0, err
     for name in ('000000.png', '000001.png'):
-        assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'c' / name)), np.asarray(PIL.Image.open(tmp_path / 'd' / name)))
+        c, d = (np.asarray(PIL.Image.open(tmp_path / folder / name)) for folder in ('c', 'd'))
+        assert np.array_equal(c, d)
 
 
 @pytest.mark.parametrize('content, pattern', [
@@ -52,10 +55,12 @@ def test_schedule_file_and_baseline_name(tmp_path, tiny_pkl):
 ])
 def test_bad_schedule_file(tmp_path, tiny_pkl, content, pattern):
     (tmp_path / 'bad.json').write_text(content)
-    out = _run([f'--network={tiny_pkl}', '--seeds=0', f'--schedule={tmp_path / "bad.json"}', f'--outdir={tmp_path / "o"}'],
+    out = _run([f'--network={tiny_pkl}', '--seeds=0', f'--schedule={tmp_path / "bad.json"}',
+                f'--outdir={tmp_path / "o"}'],
                in_process=False)   # the real entry point
     lines = out.stderr.strip().splitlines()
-    assert out.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: ') and 'bad.json' in lines[0], out.stderr
+    assert out.returncode != 0 and len(lines) == 1, out.stderr
+    assert lines[0].startswith('error: ') and 'bad.json' in lines[0], out.stderr
     assert not (tmp_path / 'o').exists()
 
 

@@ -115,8 +115,8 @@ def test_truncated_and_non_pickles(tmp_path, tiny_pkl):
     (tmp_path / 'cut.pkl').write_bytes(data[:len(data) // 2])
     (tmp_path / 'text.pkl').write_text('hello')
     (tmp_path / 'list.pkl').write_bytes(pickle.dumps([1, 2]))
-    for name, pattern in [('cut.pkl', 'truncated'), ('text.pkl', 'truncated'), ('list.pkl', 'not an EDM network pickle'),
-                          ('missing.pkl', 'cannot open')]:
+    for name, pattern in [('cut.pkl', 'truncated'), ('text.pkl', 'truncated'),
+                          ('list.pkl', 'not an EDM network pickle'), ('missing.pkl', 'cannot open')]:
         with pytest.raises(UserError, match=pattern):
             load_network_pkl(str(tmp_path / name))
 
@@ -132,8 +132,10 @@ def test_torch_save_checkpoint_is_refused(tmp_path):
 def test_trusted_mode_runs_embedded_code_only_on_request(tmp_path):
     marker = tmp_path / 'ran'
     src = f'import pathlib\npathlib.Path({str(marker)!r}).write_text("x")\nimport torch\n' \
-          f'from torch_utils import persistence\n@persistence.persistent_class\nclass Custom(torch.nn.Module):\n    pass\n'
-    data = pickle.dumps(dict(ema=_persistent('Custom', src, state=dict(training=False, _parameters={}, _buffers={}, _modules={}))))
+          'from torch_utils import persistence\n@persistence.persistent_class\n' \
+          'class Custom(torch.nn.Module):\n    pass\n'
+    state = dict(training=False, _parameters={}, _buffers={}, _modules={})
+    data = pickle.dumps(dict(ema=_persistent('Custom', src, state=state)))
     (tmp_path / 'custom.pkl').write_bytes(data)
     with pytest.raises(PickleSecurityError, match="'Custom'"):
         load_network_pkl(str(tmp_path / 'custom.pkl'))
@@ -147,7 +149,8 @@ def test_cli_reports_hostile_pickle_in_one_line(tmp_path):
     path = tmp_path / 'evil.pkl'
     path.write_bytes(dict(_hostile_pickles(marker))['os.system'])
     out = subprocess.run([sys.executable, '-m', 'edm.generate', f'--network={path}', f'--outdir={tmp_path / "out"}',
-                          '--seeds=0-1', '--steps=2', '--device=cpu'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          '--seeds=0-1', '--steps=2', '--device=cpu'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in out.stderr, out.stderr

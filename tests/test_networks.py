@@ -478,7 +478,8 @@ def test_iddpm_round_sigma_snaps_to_u():
 
 def test_module_imports_and_persistence_decorators():
     tree = ast.parse(Path(networks.__file__).read_text())
-    assert imported_names(networks.__file__) <= {'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}
+    allowed = {'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}
+    assert imported_names(networks.__file__) <= allowed
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             decorators = [ast.unparse(d) for d in node.decorator_list]

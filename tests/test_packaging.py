@@ -27,13 +27,15 @@ def _requirements():
 
 def test_dockerfile_passes_hadolint_at_error_level():
     hadolint = shutil.which('hadolint') or os.path.join(os.path.dirname(sys.executable), 'hadolint')
-    out = subprocess.run([hadolint, '--failure-threshold', 'error', str(ROOT / 'Dockerfile')], capture_output=True, text=True)
+    out = subprocess.run([hadolint, '--failure-threshold', 'error', str(ROOT / 'Dockerfile')], capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_dockerfile_copies_existing_files_and_runs_unbuffered():
     text = (ROOT / 'Dockerfile').read_text()
-    assert 'PYTHONUNBUFFERED=1' in text and re.search(r'^WORKDIR ', text, re.M) and re.search(r'^ENTRYPOINT ', text, re.M)
+    assert 'PYTHONUNBUFFERED=1' in text
+    assert re.search(r'^WORKDIR ', text, re.M) and re.search(r'^ENTRYPOINT ', text, re.M)
     sources = [src for line in re.findall(r'^COPY (.+)$', text, re.M) for src in line.split()[:-1]]
     assert sources
     for src in sources:

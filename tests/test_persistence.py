@@ -73,7 +73,8 @@ def test_loads_in_fresh_subprocess_in_both_modes(tmp_path):
     path = write_network_pkl(tmp_path / 'net.pkl', net)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.eye(4)[[1, 3]]
-    np.savez(tmp_path / 'io.npz', x=x.numpy(), labels=labels.numpy(), D=net(x, torch.tensor([0.3, 7.0]), labels).numpy())
+    D = net(x, torch.tensor([0.3, 7.0]), labels)
+    np.savez(tmp_path / 'io.npz', x=x.numpy(), labels=labels.numpy(), D=D.numpy())
     script = textwrap.dedent(f"""
         import sys, numpy as np, torch
         sys.path.insert(0, {str(ROOT)!r})

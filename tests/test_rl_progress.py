@@ -57,7 +57,8 @@ def test_learns_a_schedule_that_beats_edm(tmp_path):
     assert learner.gamma > 0 and 'progress' in cfg.to_dict()['form'] and cfg.to_dict()['train_grid'] == 16
     latents = torch.randn(128, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = reference_endpoints(net, latents, 80.0)
-    rms = lambda s: rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
+    def rms(s):
+        return rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
     assert rms(sigmas) < 0.85 * rms(edm_sigmas(5, 0.002, 80.0, 7.0))
 
 
@@ -122,7 +123,8 @@ def test_replay_pool_computes_each_trajectory_once_and_still_beats_edm(tmp_path)
                                rtol=1e-12, atol=0)
     latents = torch.randn(128, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = reference_endpoints(net, latents, 80.0)
-    rms = lambda s: rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
+    def rms(s):
+        return rms_error(sample(net, latents, np.asarray(s, dtype=np.float64), solver='euler'), ref)
     assert rms(learner.distill()['sigmas']) < 0.85 * rms(edm_sigmas(5, 0.002, 80.0, 7.0))
 
 
@@ -151,8 +153,10 @@ def test_heun_path_stays_on_the_ode_solution(monkeypatch):
     net = load_analytic(f'analytic:gauss:std={c},shape=1x4x4')
     seen = []
     original = art.rl_progress.error_density
-    monkeypatch.setattr(art.rl_progress, 'error_density',
-                        lambda net, x, sigma, *a, **k: seen.append((x.clone(), sigma)) or original(net, x, sigma, *a, **k))
+    def recording(net, x, sigma, *args, **kwargs):
+        seen.append((x.clone(), sigma))
+        return original(net, x, sigma, *args, **kwargs)
+    monkeypatch.setattr(art.rl_progress, 'error_density', recording)
     errors = {}
     for path in ('euler', 'heun'):
         learner = ProgressLearner(net, ProgressConfig(steps=3, train_steps=128, path=path))   # the preset's grid

@@ -296,8 +296,8 @@ def test_bad_grid_raises(latents, sigmas, match):
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(solver='rk2'), 'euler, heun, rk4, dpmpp-2m'), (dict(schedule='cosine'), 'linear, vp, ve'), (dict(scaling='ve'), 'none, vp'),
-    (dict(alpha=0), 'alpha'),
+    (dict(solver='rk2'), 'euler, heun, rk4, dpmpp-2m'), (dict(schedule='cosine'), 'linear, vp, ve'),
+    (dict(scaling='ve'), 'none, vp'), (dict(alpha=0), 'alpha'),
 ])
 def test_bad_options_raise(latents, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -430,7 +430,8 @@ def test_edm2_inputs_are_drawn_per_seed_as_upstream(edm2_case):
 
 
 @pytest.mark.parametrize('tag', [f'steps{n}.guidance{w}.{dtype}' for n in (4, 8) for w in ('1.0', '2.0')
-                                 for dtype in ('float32', 'float64')] + ['steps6.guidance1.5.float32.sigma0.01-20.rho5'])
+                                 for dtype in ('float32', 'float64')]
+                         + ['steps6.guidance1.5.float32.sigma0.01-20.rho5'])
 def test_edm2_sampler_matches_upstream(edm2_case, tag):
     kwargs, ref = _edm2_run(edm2_case, tag), edm2_case.ref
     log = []

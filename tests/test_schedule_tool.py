@@ -80,7 +80,8 @@ def test_show_one_file_default_out(sched_file):
     result = invoke('show', sched_file)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith('| i | sched.json (K=4) |') and len([l for l in lines if l.startswith('| ')]) == 1 + 5
+    assert lines[0].startswith('| i | sched.json (K=4) |')
+    assert len([row for row in lines if row.startswith('| ')]) == 1 + 5
     png = sched_file[:-len('.json')] + '.png'
     width, height = _png_size(png)
     assert 300 < width < 3000 and 200 < height < 3000
@@ -136,7 +137,8 @@ def test_export_to_a_full_stdout_is_one_line(sched_file, monkeypatch, capsys):
 def test_cli_subprocess_bad_file(tmp_path):
     """The real entry point: a bad file gives one `error:` line on stderr, nothing on stdout, and exit 1."""
     (tmp_path / 'junk.json').write_text('{"format": "edm-art-schedule", "version": 1,')
-    run = subprocess.run([sys.executable, '-m', 'art.schedule_tool', 'export', str(tmp_path / 'junk.json'), '--format=list'],
+    run = subprocess.run([sys.executable, '-m', 'art.schedule_tool', 'export', str(tmp_path / 'junk.json'),
+                          '--format=list'],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stdout == ''
     assert run.stderr.startswith('error: ') and 'not valid JSON' in run.stderr and run.stderr.count('\n') == 1
