@@ -49,9 +49,9 @@ from torch_utils import distributed as dist
               type=click.FloatRange(min=0, min_open=True))
 @click.option('--gamma-lr', 'gamma_lr', help='Step of the gamma update, eq. 23 (paper preset)  [default: 1e-4]',
               metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
-@click.option('--pool', help='Images preset: replay the error densities of this many trajectories, computed once, '
-                            'instead of new rollouts every iteration  [default: preset]', metavar='INT',
-              type=click.IntRange(1, MAX_POOL))
+@click.option('--pool', help='Images preset: replay the error densities of this many trajectories, computed once  '
+                            '[default: those of the closed form\'s adaptive estimate, as many as its rule takes]',
+              metavar='INT', type=click.IntRange(1, MAX_POOL))
 @click.option('--seed', help='Random seed', metavar='INT', type=SEED, default=0, show_default=True)
 @click.option('--snap', help='Iterations between snapshots', metavar='INT', type=click.IntRange(min=1), default=100,
               show_default=True)

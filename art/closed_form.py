@@ -181,6 +181,7 @@ class AdaptiveEstimate:
     estimate: QbarEstimate
     stop: str                       # 'converged' or 'budget'
     history: List[dict]             # per estimate: num_samples, evals, move (max |d log sigma| from the one before)
+    q: np.ndarray                   # |Q| [num_samples, levels] of each trajectory (ART-RL's replay pool)
 
 
 def grid_move(old: Clock, new: Clock, min_steps: int, max_steps: int) -> float:
@@ -207,6 +208,8 @@ def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed
             break
         latents, labels = draw_latents(net, add, generator)
         rows.append(trajectory_q(net, latents, labels, sigma, settings.q_mode, BATCH_SIZE, stats))
+        if not np.isfinite(rows[-1]).all():
+            raise FloatingPointError(f'non-finite |Q| along the first {sum(map(len, rows))} trajectories')
         new = lambda_clock(sigma, np.concatenate(rows).mean(axis=0), rho)
         move = None if clock is None else grid_move(clock, new, settings.min_steps, settings.max_steps)
         clock = new
@@ -220,7 +223,7 @@ def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed
     q = np.concatenate(rows)
     estimate = QbarEstimate(sigma, q.mean(axis=0), len(q), stats.get('forward', 0), stats.get('jvp', 0),
                             watch.seconds())
-    return AdaptiveEstimate(estimate, stop, history)
+    return AdaptiveEstimate(estimate, stop, history, q)
 
 
 def adaptive_schedule(net, network: Optional[str] = None, settings: AdaptiveSettings = AdaptiveSettings(),

@@ -165,6 +165,10 @@ class Learner:
         """The distilled schedule from the buffer's mean row (see `distill`)."""
         raise NotImplementedError
 
+    def record(self) -> dict:
+        """What the learner adds to its schedules' provenance (nothing here)."""
+        return {}
+
     # ---- shared pieces of an iteration ----------------------------------------------------------------------------
 
     def features(self, t: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:

@@ -8,17 +8,21 @@ reward is -(q_k theta_k + gamma/theta_k) dpsi (eq. R3) with q = |Q_u| the clock'
 on each batch (eq. R6) and the mean is renormalised to spend the time budget exactly (eq. R7).  The actor ascends the
 likelihood ratio times an advantage: the reward minus its known expectation given q ('expected', the preset's choice,
 which stands in for the critic) or the critic's TD error ('critic').  The grid is read off the mean time spent per
-psi-step (the learned clock u(psi)).
+psi-step (the learned clock u(psi)).  The preset replays the error densities of a pool of trajectories computed once:
+those of the closed form's adaptive estimate (pool='adaptive': its rule sizes the pool; docs/art-rl.md §3.4), so the
+iterations cost no network evaluation.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
+from art.closed_form import AdaptiveSettings, adaptive_estimate
 from art.error_density import error_density, field, q_norm
 from art.rl import ARTDivergence, Learner, LearnerConfig, mlp, trajectory_generator
 from art.schedules import Clock
@@ -27,6 +31,7 @@ from edm.sampler import SOLVER_STEPS
 
 
 POOL_STREAM = 2 ** 32        # the `iteration` entry of the pool trajectories' generators: apart from every iteration
+ADAPTIVE = 'adaptive'        # pool: sized by the closed form's adaptive rule (art.closed_form.adaptive_estimate)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -42,9 +47,10 @@ class ProgressConfig(LearnerConfig):
     actor: str = 'table'             # 'table': one log-mean per psi-grid step; 'mlp': a = NN(psi/U)
     log_std: float = 0.3             # theta = mu exp(log_std z), z ~ N(0, 1) (eq. R4)
     baseline: str = 'expected'       # 'expected': E_z[reward | q_k] (stands in for the critic); 'critic': TD error
-    pool: Optional[int] = None       # replay: error densities of this many trajectories, computed once (None: fresh)
-    pool_batch: int = 64             # trajectories per network call when the pool is computed
-    q_mode: str = 'jvp'              # Q by forward-mode AD ('jvp') or a finite difference along the flow ('fd')
+    pool: Union[int, str, None] = ADAPTIVE   # replay the error densities of trajectories computed once: 'adaptive'
+                                     # (the closed form's adaptive estimate's), N (N rollouts), None: fresh rollouts
+    pool_batch: int = 64             # trajectories per network call when a pool of N is computed
+    q_mode: str = 'fd'               # Q by a finite difference along the flow ('fd') or forward-mode AD ('jvp')
     path: str = 'heun'               # the state between psi-grid levels: a Heun or an Euler step of the PF-ODE
 
     def __post_init__(self) -> None:
@@ -57,8 +63,10 @@ class ProgressConfig(LearnerConfig):
             raise ValueError('train_steps must be positive')
         if not self.log_std > 0:
             raise ValueError('log_std must be positive')
-        if self.pool is not None and self.pool < self.batch or self.pool_batch < 1:
-            raise ValueError('pool must be at least batch, and pool_batch positive')
+        if isinstance(self.pool, str) and self.pool != ADAPTIVE or self.pool_batch < 1:
+            raise ValueError(f"pool must be {ADAPTIVE!r}, None or a number, and pool_batch positive")
+        if isinstance(self.pool, int) and self.pool < self.batch:
+            raise ValueError('pool must be at least batch')
         if self.q_mode not in ('jvp', 'fd'):
             raise ValueError(f"q_mode must be 'jvp' or 'fd', not {self.q_mode!r}")
         if self.path not in ('heun', 'euler'):
@@ -74,7 +82,8 @@ class ProgressConfig(LearnerConfig):
         return ('progress domain (eqs. 9/14 in psi, budget int dpsi/theta = U): local Lagrangian gradient '
                 'q - gamma/theta**2 by likelihood ratio of log-normal exploration, baseline ' + self.baseline +
                 ', budget by exact renormalisation (gamma = C/B), actor ' + self.actor +
-                ('' if self.pool is None else f', error densities of {self.pool} trajectories replayed'))
+                ('' if self.pool is None else ', error densities of the adaptive estimate\'s trajectories replayed'
+                 if self.pool == ADAPTIVE else f', error densities of {self.pool} trajectories replayed'))
 
     def feature_names(self) -> list[str]:
         """The actor sees where it is in progress: psi/U, or the psi-grid index for the table."""
@@ -107,6 +116,7 @@ class ProgressLearner(Learner):
         self.dpsi = self.clock.U / self.grid_steps                               # the uniform psi-grid
         self.v_scale: Optional[float] = None        # critic output scale V = v_scale NN, set from the first batch
         self.pool_q: dict[int, torch.Tensor] = {}   # replay pool: q along trajectory j, computed at first use
+        self.pool_record: Optional[dict] = None     # the adaptive pool's size, rule, stop and cost, once made
 
     def make_actor(self, generator: torch.Generator) -> nn.Module:
         """A table (one a_k per psi-step) or an MLP of psi/U; both start at a = 0 (mu = 1: EDM's grid)."""
@@ -141,12 +151,56 @@ class ProgressLearner(Learner):
                 break
             x = step(d, x, sigma[k], sigma[k + 1], f)                            # first stage f, at the floor
         q_levels.append(torch.zeros_like(q_levels[-1]))                          # speed2 = 0: q = 0 at sigma_M = 0
-        q = torch.stack(q_levels, dim=1)
-        return (0.5 * (q[:, :-1] + q[:, 1:])).clamp(min=cfg.eps)
+        return self.step_means(torch.stack(q_levels, dim=1))
+
+    def step_means(self, q: torch.Tensor) -> torch.Tensor:
+        """Each psi-step's q [count, M]: the trapezoid mean of q at its two ends (q [count, M + 1] at the levels)."""
+        return (0.5 * (q[:, :-1] + q[:, 1:])).clamp(min=self.cfg.eps)
+
+    def adaptive_pool(self) -> None:
+        """The pool of pool='adaptive': the trajectories of the closed form's adaptive estimate (its rule, settings and
+        seed: |Q| by forward differences on its fine levels, trajectories doubled until the clock it implies moves
+        less than the tolerance, under its budget), their |Q| carried onto the psi-grid log-linearly in
+        sigma^(1/rho) and held at the lowest level below it (the closed form's rule), times the clock's speed."""
+        settings = AdaptiveSettings()
+        try:
+            found = adaptive_estimate(self.net, settings, seed=self.cfg.seed)
+        except FloatingPointError as exc:
+            raise ARTDivergence(f'the replay pool: {exc}') from None
+        est = found.estimate
+        sigma = self.levels(torch.arange(self.grid_steps + 1, dtype=torch.float64) * self.dpsi)
+        v, v_fine = sigma.numpy() ** (1 / grids.RHO), est.sigma[::-1] ** (1 / grids.RHO)      # ascending v_fine
+        log_q = np.log(np.maximum(found.q[:, ::-1], np.finfo(np.float64).tiny))
+        at_levels = np.exp(np.stack([np.interp(v, v_fine, row) for row in log_q]))
+        q = self.step_means(torch.from_numpy(at_levels) * self.clock.speed2(sigma))
+        self.pool_q = dict(enumerate(q))
+        self.pool_record = dict(rule=ADAPTIVE, settings=dataclasses.asdict(settings), stop=found.stop,
+                                history=found.history, num_samples=est.num_samples, levels=len(est.sigma),
+                                evals=est.forward_evals + est.jvp_evals, forward_evals=est.forward_evals,
+                                jvp_evals=est.jvp_evals, seconds=est.seconds, made_by='every process, identically')
+
+    def pool_size(self) -> int:
+        """Trajectories in the replay pool (the adaptive pool is made here, at first use)."""
+        if self.cfg.pool != ADAPTIVE:
+            return self.cfg.pool
+        if self.pool_record is None:
+            self.adaptive_pool()
+        return len(self.pool_q)
+
+    def record(self) -> dict:
+        """The replay pool, for the schedules' provenance: its rule, size, why it stopped and its cost."""
+        if self.cfg.pool == ADAPTIVE:
+            return dict(pool=self.pool_record)
+        return dict(pool=dict(rule='fixed' if self.cfg.pool else 'fresh rollouts', num_samples=self.cfg.pool,
+                              levels=self.grid_steps, q_mode=self.cfg.q_mode))
 
     def network_evals(self, iters: int) -> dict:
-        """Network evaluations of `iters` iterations: per rollout level a forward pass and a JVP (q_mode 'fd': two
-        forward passes), plus the Heun corrector's forward pass between levels."""
+        """Network evaluations of `iters` iterations, all processes: the adaptive pool's, whatever `iters`; else per
+        rollout level a forward pass and a JVP (q_mode 'fd': two forward passes), plus the Heun corrector's forward
+        pass between levels."""
+        if self.cfg.pool == ADAPTIVE:                      # every process makes the same pool (here, if not yet)
+            self.pool_size()
+            return {key: self.pool_record[key] * self.world for key in ('forward_evals', 'jvp_evals')}
         rollouts, M = self.trajectories(iters), self.grid_steps
         forward = rollouts * (M + (M - 1 if self.cfg.path == 'heun' else 0))
         if self.cfg.q_mode == 'fd':
@@ -167,7 +221,7 @@ class ProgressLearner(Learner):
     def trajectories(self, iters: int) -> int:
         """Trajectories whose error densities `iters` iterations compute, all processes together (the pool once)."""
         fresh = super().trajectories(iters)
-        return fresh if self.cfg.pool is None else min(fresh, self.cfg.pool)
+        return fresh if self.cfg.pool is None else min(fresh, self.pool_size())
 
     @torch.no_grad()
     def rollout(self, iteration: int, first_index: int, count: int) -> dict:
@@ -180,8 +234,8 @@ class ProgressLearner(Learner):
         if cfg.pool is None:
             q = self.densities(x, labels, iteration)                             # [count, M]
         else:
-            first = iteration * cfg.batch * self.world + first_index
-            q = self.pool_densities([(first + i) % cfg.pool for i in range(count)], iteration)
+            first, size = iteration * cfg.batch * self.world + first_index, self.pool_size()
+            q = self.pool_densities([(first + i) % size for i in range(count)], iteration)
         psi = torch.arange(self.grid_steps, dtype=torch.float64, device=self.device) * dpsi
         mu = self.log_mean().exp().expand_as(q)
         theta = mu * (cfg.log_std * z).exp()                                     # eq. R4
@@ -261,10 +315,11 @@ class ProgressLearner(Learner):
         pool = (torch.stack([self.pool_q[j] for j in rows]) if rows
                 else torch.zeros(0, self.grid_steps, dtype=torch.float64))
         return dict(super().state_dict(), v_scale=self.v_scale, pool_rows=torch.tensor(rows, dtype=torch.int64),
-                    pool_q=pool)
+                    pool_q=pool, pool_record=self.pool_record)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a snapshot (see Learner.load_state_dict), the critic's scale and the replay pool."""
         super().load_state_dict(state)
         self.pool_q = dict(zip(state['pool_rows'].tolist(), state['pool_q'].to(torch.float64)))
+        self.pool_record = state.get('pool_record')
         self.v_scale = None if state['v_scale'] is None else float(state['v_scale'])

@@ -372,7 +372,8 @@ def run_learner(net: torch.nn.Module, preset: str, cfg: LearnerConfig, run_dir: 
             bar.set_postfix(gamma=f'{stats["gamma"]:.3g}', budget=f'{stats[learner.budget_stat]:.3f}', refresh=False)
             if learner.iteration % snap == 0 or learner.iteration == cfg.iters:
                 save_snapshot()
-    cost = dict(**learner.network_evals(cfg.iters),                          # rollout levels, all processes
+    evals = learner.network_evals(cfg.iters)                                 # all processes
+    cost = dict(evals=sum(evals.values()), **evals,
                 **watch.seconds(2, cpu='cpu_seconds_this_session_rank0', wall='wall_seconds_this_session'))
     return learner, cost
 
@@ -384,7 +385,7 @@ def learned_schedule(learner: Learner, num_steps: int, opts: RunOptions, cost: d
     provenance = method_provenance(opts.network, dict(solver='euler', preset=opts.preset,
                                    num_steps_trained=cfg.grid_steps, iterations=cfg.iters,
                                    trajectories_per_iteration=cfg.batch * world, seed=cfg.seed, processes=world,
-                                   config=cfg.to_dict(), final=dict(gamma=learner.gamma)), cost)
+                                   config=cfg.to_dict(), final=dict(gamma=learner.gamma), **learner.record()), cost)
     return Schedule('art-rl', out['sigmas'], solver='euler', clock=Clock(out['clock']['u'], out['clock']['sigma']),
                     provenance=provenance)
 

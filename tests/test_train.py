@@ -86,6 +86,21 @@ def test_auto_preset_of_an_image_shaped_model_is_images_and_recorded(tmp_path):
     prov = load_schedule(os.path.join(run, 'schedule-k2.json')).provenance
     assert prov['preset'] == 'images' and prov['num_steps_trained'] == 128 and 'progress' in prov['config']['form']
     assert 'snapshot-clock.pt' in os.listdir(run)
+    # The replay pool: the closed form's adaptive estimate (2 trajectories doubled until the clock stops moving), all
+    # the run's network evaluations.
+    pool = prov['pool']
+    assert pool['rule'] == 'adaptive' and pool['stop'] in ('converged', 'budget') and pool['settings']['budget'] == 1000
+    assert pool['num_samples'] == pool['history'][-1]['num_samples'] >= 2
+    assert prov['cost']['evals'] == prov['cost']['forward_evals'] == pool['evals'] <= 1000
+
+
+def test_explicit_pool_fixes_the_replay_pool(tmp_path):
+    out = _train(['--network=analytic:gauss:std=0.5,shape=1x2x2', '--steps=2', '--iters=2', '--batch=1', '--pool=2',
+                  f'--outdir={tmp_path}', '--device=cpu'], in_process=True)
+    assert out.returncode == 0, out.stderr
+    prov = load_schedule(os.path.join(_only_run_dir(tmp_path), 'schedule-k2.json')).provenance
+    assert prov['pool'] == dict(rule='fixed', num_samples=2, levels=128, q_mode='fd')
+    assert prov['cost']['evals'] == 2 * (3 * 128 - 1)       # per level 2 forward passes (fd), Heun's corrector
 
 
 @pytest.mark.slow
