@@ -24,14 +24,13 @@ import dnnlib
 from dnnlib.util import UserError
 from art import metrics
 from art.auto_clock import CACHE_ENV, NAME, ArtSchedules
-from art.compare import ScheduleSource, format_table, run_bench
+from art.compare import MAX_LATENTS, ScheduleSource, format_table, run_bench
 from art.networks import load_network_spec
 from edm.cli import SEED, Command, check_output_file, guidance_options, name_list_callback, parse_device, steps_callback
 from edm.guidance import check_guidance_options, guided_spec
 from edm.rng import MAX_SEED
 from edm.sampler import SOLVERS
 
-MAX_LATENTS = 100_000   # latents held at once (--num x --repeats), and the largest --batch and --cf-samples
 MAX_REPEATS = 100
 
 

@@ -54,6 +54,11 @@ class QbarEstimate:
     jvp_evals: int           # per-sample JVPs, all samples together
     seconds: dict            # CPU and wall seconds (Stopwatch.seconds)
 
+    @property
+    def evals(self) -> int:
+        """Network evaluations, forward passes and JVPs counted alike."""
+        return self.forward_evals + self.jvp_evals
+
 
 def fine_levels(net, fine_steps: int, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
                 rho: float = grids.RHO) -> np.ndarray:
@@ -183,6 +188,11 @@ class AdaptiveEstimate:
     history: List[dict]             # per estimate: num_samples, evals, move (max |d log sigma| from the one before)
     q: np.ndarray                   # |Q| [num_samples, levels] of each trajectory (ART-RL's replay pool)
 
+    def record(self, settings: AdaptiveSettings) -> dict:
+        """The estimate's provenance: the rule, its settings, why it stopped and each doubling."""
+        return {'rule': 'adaptive', 'settings': dataclasses.asdict(settings), 'stop': self.stop,
+                'history': self.history}
+
 
 def grid_move(old: Clock, new: Clock, min_steps: int, max_steps: int) -> float:
     """max over K = min_steps..max_steps and the interior levels of |log sigma_new - log sigma_old|."""
@@ -198,23 +208,26 @@ def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed
     sigma = fine_levels(net, settings.levels, sigma_min, sigma_max, rho)
     generator = torch.Generator().manual_seed(seed)
     cost = settings.trajectory_cost()
-    stats, rows, history, clock, stop = {}, [], [], None, 'budget'
+    stats, rows, history, clock, stop, n = {}, [], [], None, 'budget', 0
     watch = Stopwatch()
+
+    def spent() -> int:
+        return stats.get('forward', 0) + stats.get('jvp', 0)
+
     while True:
-        spent = stats.get('forward', 0) + stats.get('jvp', 0)
-        wanted = settings.start_samples if not rows else sum(map(len, rows))
-        add = min(wanted, (settings.budget - spent) // cost)
+        wanted = n or settings.start_samples
+        add = min(wanted, (settings.budget - spent()) // cost)
         if add < 1:
             break
         latents, labels = draw_latents(net, add, generator)
         rows.append(trajectory_q(net, latents, labels, sigma, settings.q_mode, BATCH_SIZE, stats))
+        n += add
         if not np.isfinite(rows[-1]).all():
-            raise FloatingPointError(f'non-finite |Q| along the first {sum(map(len, rows))} trajectories')
+            raise FloatingPointError(f'non-finite |Q| along the first {n} trajectories')
         new = lambda_clock(sigma, np.concatenate(rows).mean(axis=0), rho)
         move = None if clock is None else grid_move(clock, new, settings.min_steps, settings.max_steps)
         clock = new
-        history.append({'num_samples': sum(map(len, rows)), 'evals': stats.get('forward', 0) + stats.get('jvp', 0),
-                        'move': move})
+        history.append({'num_samples': n, 'evals': spent(), 'move': move})
         if move is not None and move < settings.tolerance:
             stop = 'converged'
             break
@@ -258,8 +271,7 @@ def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num
     if num_samples is None:
         adaptive = adaptive_estimate(net, settings, seed, sigma_min, sigma_max, rho)
         est, levels, mode = adaptive.estimate, settings.levels, settings.q_mode
-        size = {'rule': 'adaptive', 'settings': dataclasses.asdict(settings), 'stop': adaptive.stop,
-                'history': adaptive.history}
+        size = adaptive.record(settings)
     else:
         est = estimate_qbar(net, num_samples, fine_steps, sigma_min, sigma_max, rho, batch_size, seed, mode)
         levels, size = fine_steps, {'rule': 'fixed'}
@@ -272,7 +284,7 @@ def closed_form_schedule(net, num_steps: int, network: Optional[str] = None, num
                       'num_samples': est.num_samples, 'seed': seed, 'q_mode': mode,
                       'below_sigma_min': 'qbar held at its value at sigma_min'},
         'estimate': size,
-    }, {'evals': est.forward_evals + est.jvp_evals, 'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
+    }, {'evals': est.evals, 'forward_evals': est.forward_evals, 'jvp_evals': est.jvp_evals,
         'forward_evals_per_trajectory': est.forward_evals / est.num_samples,
         'jvp_evals_per_trajectory': est.jvp_evals / est.num_samples, **est.seconds})
     return Schedule('closed-form', clock.grid(num_steps), solver='euler', clock=clock, provenance=provenance)

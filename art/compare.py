@@ -24,6 +24,10 @@ from edm.images import to_uint8
 from edm.rng import seed_latents
 from edm.sampler import SOLVERS, nfe, sample, sample_batches
 
+# The most latents (or images) a comparison holds in one set or in all its sets, the bound of art.bench's and
+# art.report's size options: twice the 50k images of a full-size FID, so that a typo cannot exhaust memory.
+MAX_LATENTS = 100_000
+
 
 class ScheduleSource:
     """One column of the benchmark: a baseline name, a schedule method (closed-form, direct, gits) or a schedule

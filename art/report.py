@@ -11,12 +11,12 @@ from typing import List, Optional
 
 import click
 
+from art.compare import MAX_LATENTS
 from art.settings import SETTINGS, MixtureOptions, TrainedOptions, one_clock_file, run_report
 from edm.cli import Command, check_output_dir, name_list_callback, steps_callback
 
-MAX_LATENTS = 100_000       # latents or images per set, training latents: twice the 50k images of a full-size FID
 MAX_REPEATS = 20            # disjoint seed sets per value
-MAX_ITERS = 100_000         # direct's Adam iterations (its own default is 300)
+MAX_DIRECT_ITERS = 100_000  # direct's Adam iterations (a cap far above what its stopping rule takes)
 
 
 @click.command(cls=Command)
@@ -59,7 +59,7 @@ MAX_ITERS = 100_000         # direct's Adam iterations (its own default is 300)
 @click.option('--trained-direct-latents', help='Training latents of direct on the trained network',
               type=click.IntRange(1, MAX_LATENTS), default=TrainedOptions.direct_latents, show_default=True)
 @click.option('--trained-direct-iters', help='Adam iterations of direct on the trained network (held-out stopping)',
-              type=click.IntRange(0, MAX_ITERS), default=TrainedOptions.direct_iters, show_default=True)
+              type=click.IntRange(0, MAX_DIRECT_ITERS), default=TrainedOptions.direct_iters, show_default=True)
 @click.option('--trained-gits-latents', help='Teacher trajectories of gits on the trained network',
               type=click.IntRange(1, MAX_LATENTS), default=TrainedOptions.gits_latents, show_default=True)
 @click.option('--inception-ref', help='Inception statistics of the training images (fid.py ref --detector=offline) '

@@ -174,10 +174,9 @@ class ProgressLearner(Learner):
         at_levels = np.exp(np.stack([np.interp(v, v_fine, row) for row in log_q]))
         q = self.step_means(torch.from_numpy(at_levels) * self.clock.speed2(sigma))
         self.pool_q = dict(enumerate(q))
-        self.pool_record = dict(rule=ADAPTIVE, settings=dataclasses.asdict(settings), stop=found.stop,
-                                history=found.history, num_samples=est.num_samples, levels=len(est.sigma),
-                                evals=est.forward_evals + est.jvp_evals, forward_evals=est.forward_evals,
-                                jvp_evals=est.jvp_evals, seconds=est.seconds, made_by='every process, identically')
+        self.pool_record = dict(found.record(settings), num_samples=est.num_samples, levels=len(est.sigma),
+                                evals=est.evals, forward_evals=est.forward_evals, jvp_evals=est.jvp_evals,
+                                seconds=est.seconds, made_by='every process, identically')
 
     def pool_size(self) -> int:
         """Trajectories in the replay pool (the adaptive pool is made here, at first use)."""

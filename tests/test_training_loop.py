@@ -275,6 +275,18 @@ def test_network_mismatch_says_what_differs():
     assert network_mismatch(src, vp, interface, exact=False) is None
 
 
+def test_network_mismatch_of_a_large_network_builds_vp_on_the_cpu(monkeypatch):
+    # Large networks are compared on the meta device; VPPrecond's constructor reads a tensor value, which meta
+    # tensors lack, so it is built on the CPU instead of raising.
+    monkeypatch.setattr('training.training_loop._META_BUILD_MIN_ELEMENTS', 0)
+    interface = dict(img_resolution=8, img_channels=1, label_dim=3)
+    src = construct_network(_tiny_kwargs(), interface)
+    vp = _tiny_kwargs(class_name='training.networks.VPPrecond')
+    assert network_mismatch(src, vp, interface, exact=True).startswith(
+        'training.networks.EDMPrecond there, training.networks.VPPrecond here')
+    assert construct_network(_tiny_kwargs(), interface, on_meta=True).model.map_label.weight.is_meta
+
+
 def _snapshot(folder: Path, data: str, *options: str) -> Path:
     """A run folder holding (random weights of) the network edm.train builds for these options, as kimg 2."""
     from edm.train import build_config

@@ -2,7 +2,6 @@
 
 Runs on CPU or CUDA, as a world of one or under torchrun (DistributedDataParallel only when the world size is > 1).
 """
-import contextlib
 import copy
 import json
 import math
@@ -57,9 +56,15 @@ def network_interface(dataset_obj: Any) -> Dict[str, int]:
 
 def construct_network(network_kwargs: dict, interface: Dict[str, int], on_meta: bool = False) -> torch.nn.Module:
     """The network of network_kwargs (with its class_name) for a dataset's interface; on the meta device when asked
-    (no weights drawn or held)."""
-    with torch.device('meta') if on_meta else contextlib.nullcontext():
-        return dnnlib.util.construct_class_by_name(**network_kwargs, **interface)
+    (no weights drawn or held) and its constructor allows: VPPrecond and iDDPMPrecond read tensor values, which meta
+    tensors lack, and are built on the CPU."""
+    if on_meta:
+        try:
+            with torch.device('meta'):
+                return dnnlib.util.construct_class_by_name(**network_kwargs, **interface)
+        except Exception:
+            pass
+    return dnnlib.util.construct_class_by_name(**network_kwargs, **interface)
 
 
 # A network the checks below compare with is built on the meta device from this many elements on: the first build
