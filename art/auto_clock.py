@@ -7,12 +7,12 @@ adaptive closed-form clock (art/closed_form.py adaptive_schedule), estimated onc
 Cache: one schedule file (art/schedules.py format) per key in the cache folder, `--cache-dir` of the commands, else
 $EDM_ART_CACHE, else `clocks/` under dnnlib's cache root (dnnlib.util.make_cache_dir_path, which honours
 $DNNLIB_CACHE_DIR). The key holds what the clock depends on: the network's content (sha256 of the pickle's bytes; an
-analytic spec itself, a mixture's npz by its sha256; a guided field both files' hashes and the guidance weight), the
-sigma range of the estimate, its settings (dataclasses.asdict) and seed, and KEY_VERSION; never the file's path. The
-file records its key in provenance['cache_key']: a file whose recorded key differs (another network's file copied
-in), or that is not a readable schedule with a clock, is ignored with one note and made again. Writes are atomic
-(the last of two writers wins; both files are complete). An unwritable folder costs the reuse only: the clock is
-made, used, and the line says that it could not be cached.
+analytic spec itself, a mixture's npz by its sha256, a diffusers model by its three files' sha256; a guided field both
+files' hashes and the guidance weight), the sigma range of the estimate, its settings (dataclasses.asdict) and seed,
+and KEY_VERSION; never the file's path. The file records its key in provenance['cache_key']: a file whose recorded key
+differs (another network's file copied in), or that is not a readable schedule with a clock, is ignored with one note
+and made again. Writes are atomic (the last of two writers wins; both files are complete). An unwritable folder costs
+the reuse only: the clock is made, used, and the line says that it could not be cached.
 
 Under torchrun rank 0 reads or makes the clock (and writes the cache), and every rank samples with the grid it
 broadcasts, so the grid does not depend on the number of processes.
@@ -30,6 +30,7 @@ from dnnlib.util import UserError
 from art.closed_form import AdaptiveSettings, adaptive_schedule, fine_levels
 from art.networks import network_name, shipped_schedule_path
 from art.schedules import Schedule, ScheduleError, Stopwatch, load_schedule, save_schedule
+from edm.diffusers_net import PREFIX as DIFFUSERS_PREFIX, model_files
 from edm.guidance import split_guided_spec
 from torch_utils import distributed as dist
 
@@ -57,12 +58,14 @@ def file_sha256(path_or_url: str) -> str:
 
 
 def _identity(spec: str) -> dict:
-    """What one network of a spec is, without its path: a pickle's or a mixture's content hash, or the analytic
-    spec."""
+    """What one network of a spec is, without its path: a pickle's, a mixture's or a diffusers model's content hashes,
+    or the analytic spec."""
     if spec.startswith('analytic:gmm:'):
         return {'analytic': 'gmm', 'npz_sha256': file_sha256(spec[len('analytic:gmm:'):])}
     if spec.startswith('analytic:'):
         return {'analytic': spec}
+    if spec.startswith(DIFFUSERS_PREFIX):   # the UNet's config and weights and the scheduler's config
+        return {'diffusers_sha256': [file_sha256(path) for path in model_files(spec[len(DIFFUSERS_PREFIX):])]}
     return {'pickle_sha256': file_sha256(spec)}
 
 

@@ -14,6 +14,7 @@ import torch
 from art.analytic import load_analytic
 from dnnlib.util import UserError
 from edm.denoiser import load_denoiser
+from edm.diffusers_net import PREFIX as DIFFUSERS_PREFIX, load_diffusers
 from edm.guidance import split_guided_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / 'assets'
@@ -21,8 +22,8 @@ DEFAULT_NETWORK = str(ASSETS / 'edm-fmnist28-cond.pkl')            # EDM network
 MIXTURE_NETWORK = f'analytic:gmm:{ASSETS / "fmnist-gmm.npz"}'   # exact mixture of Fashion-MNIST images, 1x32x32
 SHIPPED_METHODS = ('art-rl', 'closed-form')                      # preference order of shipped schedules
 
-SPEC_HELP = ('expected a network pickle path or URL, or analytic:gauss1d, analytic:gauss:std=S,shape=CxHxW, '
-             'analytic:gmm:FILE.npz')
+SPEC_HELP = ('expected a network pickle path or URL, diffusers:FOLDER, or analytic:gauss1d, '
+             'analytic:gauss:std=S,shape=CxHxW, analytic:gmm:FILE.npz')
 
 
 class NetworkSpecError(UserError, ValueError):
@@ -30,7 +31,8 @@ class NetworkSpecError(UserError, ValueError):
 
 
 def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool = False) -> torch.nn.Module:
-    """'analytic:...' -> exact model; otherwise a pickle path or URL -> its 'ema' network (eval, frozen, on device).
+    """'analytic:...' -> exact model; 'diffusers:FOLDER' -> a diffusers VP model as EDM's denoiser
+    (edm.diffusers_net); otherwise a pickle path or URL -> its 'ema' network (eval, frozen, on device).
 
     Pickles are read by edm.denoiser.load_denoiser (edm.loading.load_network_pkl, safe unless trust_embedded_code;
     its errors are UserErrors): EDM2 networks come with EDM's interface and their file's encoder. A guided spec
@@ -44,6 +46,10 @@ def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool 
         net = load_analytic(network)
     elif network.startswith('analytic:'):
         raise NetworkSpecError(f'{network!r}: an analytic model takes no guiding network; guide a network pickle')
+    elif network.startswith(DIFFUSERS_PREFIX) and gnet is None:
+        net = load_diffusers(network[len(DIFFUSERS_PREFIX):])
+    elif network.startswith(DIFFUSERS_PREFIX):
+        raise NetworkSpecError(f'{network!r}: a diffusers model takes no guiding network; guide a network pickle')
     elif '://' in network or os.path.isfile(network):
         if gnet is not None and not ('://' in gnet or os.path.isfile(gnet)):
             raise NetworkSpecError(f'{gnet!r}: no such file; the guiding network must be a network pickle path or URL')
@@ -54,8 +60,9 @@ def load_network_spec(spec: str, device: str = 'cpu', trust_embedded_code: bool 
 
 
 def network_name(spec: str) -> str:
-    """Short name of a network spec: the file stem of a pickle or npz, or the analytic kind."""
-    stem = spec.rsplit(':', 1)[-1] if spec.startswith('analytic:gmm:') else spec
+    """Short name of a network spec: the file stem of a pickle or npz, the diffusers folder's name, or the analytic
+    kind."""
+    stem = spec.rsplit(':', 1)[-1] if spec.startswith(('analytic:gmm:', DIFFUSERS_PREFIX)) else spec
     if spec.startswith('analytic:') and not spec.startswith('analytic:gmm:'):
         return spec.split(':')[1]
     return os.path.splitext(os.path.basename(stem.rstrip('/')))[0] or 'network'

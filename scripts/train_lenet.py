@@ -13,7 +13,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,18 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dnnlib  # noqa: E402  pylint: disable=wrong-import-position
 from dnnlib.util import UserError  # noqa: E402  pylint: disable=wrong-import-position
 from edm import fid, lenet  # noqa: E402  pylint: disable=wrong-import-position
-from training.dataset import read_idx  # noqa: E402  pylint: disable=wrong-import-position
+from training.dataset import fashion_mnist  # noqa: E402  pylint: disable=wrong-import-position
 
 FMNIST = '/usr/share/datasets/fashion-mnist'
-
-
-def load_split(folder: str, split: str):
-    """uint8 images [N, 1, 28, 28] and int64 labels [N] of one split ('train' or 't10k')."""
-    images = read_idx(os.path.join(folder, f'{split}-images-idx3-ubyte.gz'))
-    labels = read_idx(os.path.join(folder, f'{split}-labels-idx1-ubyte.gz'))
-    if images.shape[1:] != (28, 28) or labels.shape != (len(images),):
-        raise UserError(f'{folder}: {split} images {images.shape} and labels {labels.shape} are not Fashion-MNIST')
-    return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 
 def train(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int, lr: float, seed: int) -> lenet.LeNet:
@@ -79,8 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     try:
-        train_images, train_labels = load_split(args.data, 'train')
-        test_images, test_labels = load_split(args.data, 't10k')
+        train_images, train_labels = fashion_mnist(args.data, 'train')
+        test_images, test_labels = fashion_mnist(args.data, 't10k')
     except UserError as exc:
         sys.exit(f'error: {exc}')
 

@@ -4,10 +4,11 @@ import gzip
 import json
 import os
 import zipfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import PIL.Image
+import torch
 
 from dnnlib.util import UserError
 
@@ -269,3 +270,12 @@ def read_idx(path: str) -> np.ndarray:
     if len(data) - offset != int(np.prod(dims)):
         raise UserError(f'{path!r} is truncated (expected {int(np.prod(dims))} bytes of data)')
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def fashion_mnist(folder: str, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N, 1, 28, 28] and int64 labels [N] of one Fashion-MNIST split ('train' or 't10k')."""
+    images = read_idx(os.path.join(folder, f'{split}-images-idx3-ubyte.gz'))
+    labels = read_idx(os.path.join(folder, f'{split}-labels-idx1-ubyte.gz'))
+    if images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+        raise UserError(f'{folder}: {split} images {images.shape} and labels {labels.shape} are not Fashion-MNIST')
+    return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
