@@ -148,3 +148,46 @@ def imported_names(path) -> set:
         elif isinstance(node, ast.ImportFrom):
             imported |= {f'{node.module}.{alias.name}' for alias in node.names}
     return imported
+
+
+def tiny_unet2d(seed: int = 0, **kwargs):
+    """A tiny randomly initialised class-conditional diffusers UNet2DModel (1x8x8, 3 classes, 42k parameters, no
+    attention); kwargs override its settings."""
+    import torch
+    from diffusers import UNet2DModel
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**dict(dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                   layers_per_block=1, norm_num_groups=4, num_class_embeds=3,
+                                   down_block_types=('DownBlock2D', 'DownBlock2D'),
+                                   up_block_types=('UpBlock2D', 'UpBlock2D')), **kwargs))
+    return unet.eval().requires_grad_(False)
+
+
+def save_tiny_diffusers(folder, layout: str = 'pipeline', unet=None, **scheduler_kwargs) -> str:
+    """Save `unet` (default: tiny_unet2d()) and a DDPMScheduler(**scheduler_kwargs) in `folder` (made if missing) as
+    save_pretrained writes them, in one of the layouts diffusers:FOLDER takes: 'pipeline' (DDPMPipeline:
+    model_index.json, unet/, scheduler/), 'parts' (unet/ and scheduler/ without model_index.json) or 'flat' (a UNet folder with
+    scheduler_config.json beside config.json). Returns the folder as a string."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+    unet = tiny_unet2d() if unet is None else unet
+    scheduler = DDPMScheduler(**scheduler_kwargs)
+    folder = Path(folder)
+    if layout == 'pipeline':
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    elif layout == 'parts':
+        unet.save_pretrained(folder / 'unet')
+        scheduler.save_pretrained(folder / 'scheduler')
+    elif layout == 'flat':
+        unet.save_pretrained(folder)
+        scheduler.save_pretrained(folder)
+    else:
+        raise ValueError(f'unknown layout {layout!r}')
+    return str(folder)
+
+
+@pytest.fixture(scope='session')
+def tiny_diffusers(tmp_path_factory) -> str:
+    """Folder of a tiny diffusers pipeline (DDPMPipeline.save_pretrained of tiny_unet2d() and a default DDPMScheduler:
+    1,000 linear betas, epsilon prediction), for `--network=diffusers:FOLDER`. Shared by the session: do not modify
+    it; make variants with save_tiny_diffusers."""
+    return save_tiny_diffusers(tmp_path_factory.mktemp('tiny-diffusers') / 'tiny-ddpm')
