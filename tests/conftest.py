@@ -166,8 +166,8 @@ def tiny_unet2d(seed: int = 0, **kwargs):
 def save_tiny_diffusers(folder, layout: str = 'pipeline', unet=None, **scheduler_kwargs) -> str:
     """Save `unet` (default: tiny_unet2d()) and a DDPMScheduler(**scheduler_kwargs) in `folder` (made if missing) as
     save_pretrained writes them, in one of the layouts diffusers:FOLDER takes: 'pipeline' (DDPMPipeline:
-    model_index.json, unet/, scheduler/), 'parts' (unet/ and scheduler/ without model_index.json) or 'flat' (a UNet folder with
-    scheduler_config.json beside config.json). Returns the folder as a string."""
+    model_index.json, unet/, scheduler/), 'parts' (unet/ and scheduler/ without model_index.json) or 'flat' (a UNet
+    folder with scheduler_config.json beside config.json). Returns the folder as a string."""
     from diffusers import DDPMPipeline, DDPMScheduler
     unet = tiny_unet2d() if unet is None else unet
     scheduler = DDPMScheduler(**scheduler_kwargs)
