@@ -30,6 +30,7 @@ import dnnlib
 from dnnlib.util import UserError
 
 from art.analytic import GaussianModel
+from art.auto_clock import shared_clock
 from art.methods import SOLVER_SPECIFIC, ScheduleMaker
 from art.metrics import exact_w2
 from art.networks import network_name
@@ -390,6 +391,20 @@ def learned_schedule(learner: Learner, num_steps: int, opts: RunOptions, cost: d
                     provenance=provenance)
 
 
+def method_maker(net: torch.nn.Module, opts: RunOptions) -> ScheduleMaker:
+    """The ScheduleMaker of a non-RL method. The default closed form, and direct's warm start from it, read the
+    network's cached ART clock (art.auto_clock: made once per network and seed, shared by every rank)."""
+    options = opts.method_options()
+    if opts.method not in ('closed-form', 'direct') or opts.cf_samples is not None:
+        return ScheduleMaker(opts.method, net, opts.network, opts.solver, options)
+    clock = shared_clock(net, opts.network, seed=options['seed'], log=dist.print0)
+    if opts.method == 'closed-form':
+        return ScheduleMaker('closed-form', net, opts.network, opts.solver, options, clock=clock)
+    starts = [ScheduleMaker('closed-form', net, opts.network, opts.solver, clock=clock),
+              ScheduleMaker('gits', net, opts.network, opts.solver)]
+    return ScheduleMaker('direct', net, opts.network, opts.solver, dict(options, warm_start=starts))
+
+
 def train_schedules(net: torch.nn.Module, run_dir: str, opts: RunOptions, device: torch.device,
                     progress: bool = True) -> List[str]:
     """Learn one schedule per K of opts.steps into run_dir (skipping K whose schedule file exists); returns the files.
@@ -397,8 +412,7 @@ def train_schedules(net: torch.nn.Module, run_dir: str, opts: RunOptions, device
     ART-RL uses the learner of opts.preset with the options opts.rl; a non-RL method is made by its ScheduleMaker.
     """
     paths, learner = [], None
-    maker = None if opts.method == 'art-rl' else ScheduleMaker(opts.method, net, opts.network, opts.solver,
-                                                                opts.method_options())
+    maker = None if opts.method == 'art-rl' else method_maker(net, opts)
     if dist.get_rank() == 0:                       # temporary files of writes interrupted by a kill
         for stale in glob.glob(os.path.join(run_dir, '.*.tmp')):
             os.remove(stale)

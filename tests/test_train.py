@@ -396,3 +396,20 @@ def test_stats_rows_torn_by_a_kill_or_a_full_disk_are_dropped_on_resume(tmp_path
     art_train.StatsLog(str(tmp_path), enabled=True).truncate('k5', 2)
     kept = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
     assert kept == rows[:2] + rows[3:]
+
+
+def test_default_closed_form_and_direct_warm_start_reuse_the_cached_clock(tmp_path, monkeypatch):
+    # The default closed form is the network's ART clock (art.auto_clock): made by the first run, read from the cache
+    # by the next one and by direct's warm start, with no new estimate.
+    monkeypatch.setenv('EDM_ART_CACHE', str(tmp_path / 'cache'))
+    net = 'analytic:gauss:std=0.5,shape=1x2x2'
+    first = _train([f'--network={net}', '--method=closed-form', '--steps=4', f'--outdir={tmp_path / "a"}',
+                    '--device=cpu'], in_process=True)
+    assert first.returncode == 0, first.stderr
+    assert 'ART clock for' in first.stdout and 'made in' in first.stdout
+    made = load_schedule(os.path.join(_only_run_dir(tmp_path / 'a'), 'schedule-k4.json'), num_steps=4)
+    again = _train([f'--network={net}', '--method=direct', '--steps=4', f'--outdir={tmp_path / "b"}',
+                    '--device=cpu'], in_process=True)
+    assert again.returncode == 0, again.stderr
+    assert 'from the cache' in again.stdout and 'made in' not in again.stdout
+    assert made.provenance['cache_key']['seed'] == 0 and made.clock is not None
