@@ -4,11 +4,12 @@ Exports hold the plain descending grid of K+1 sigmas ending in 0, written with P
 repr (what json.dumps writes), so parsing an export gives back the identical float64 grid.
 
 - 'list': a JSON list.
-- 'diffusers': the same JSON list, for `EulerDiscreteScheduler.set_timesteps(sigmas=...)` (or a pipeline's `sigmas=`
-  argument, passed there). Checked against diffusers' source: with custom sigmas it sets num_inference_steps =
-  len(sigmas) - 1, maps sigmas[:-1] to timesteps and appends nothing, so the list includes the final 0; it casts to
-  float32. (FlowMatchEulerDiscreteScheduler instead appends the 0 itself and takes flow-matching sigmas in [0, 1]:
-  not this parametrisation.)
+- 'diffusers': the same JSON list, what `EulerDiscreteScheduler.set_timesteps(sigmas=...)` (or a pipeline's `sigmas=`
+  argument) takes: with custom sigmas diffusers sets num_inference_steps = len(sigmas) - 1, maps sigmas[:-1] to
+  timesteps and appends nothing, so the list includes the final 0; it casts to float32. It starts at latents *
+  init_noise_sigma, sigma_0 only with timestep_spacing 'linspace' or 'trailing'. Other schedulers read custom values
+  differently: with `scheduler=NAME`, the export is the Python that sets up that scheduler for the grid
+  (art.diffusers_sched.export_snippet, tested against diffusers' own schedulers).
 - 'k-diffusion': a Python snippet `sigmas = torch.tensor([...], dtype=torch.float64)`, the descending tensor ending
   in 0 that k_diffusion.sampling.sample_euler(model, x, sigmas) and the other samplers take.
 
@@ -25,6 +26,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 import dnnlib
+from art import diffusers_sched
 
 PathLike = Union[str, Path]
 EXPORT_FORMATS = ('k-diffusion', 'diffusers', 'list')
@@ -41,10 +43,16 @@ def _float_list(sigmas: Sequence[float]) -> List[float]:
     return [float(s) for s in np.asarray(sigmas, dtype=np.float64).tolist()]
 
 
-def export_text(sigmas: Sequence[float], fmt: str, comment: Optional[str] = None) -> str:
-    """The grid as text in an export format ('list', 'diffusers', 'k-diffusion'); ends with a newline."""
+def export_text(sigmas: Sequence[float], fmt: str, comment: Optional[str] = None,
+                scheduler: Optional[str] = None) -> str:
+    """The grid as text in an export format ('list', 'diffusers', 'k-diffusion'), for 'diffusers' with `scheduler`
+    the Python that sets up that diffusers scheduler for it; ends with a newline."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f'unknown export format {fmt!r}; valid formats: {", ".join(EXPORT_FORMATS)}')
+    if scheduler is not None:
+        if fmt != 'diffusers':
+            raise ValueError(f'a scheduler is exported in the diffusers format, not {fmt!r}')
+        return diffusers_sched.export_snippet(scheduler, sigmas, comment)
     values = json.dumps(_float_list(sigmas), allow_nan=False)
     if fmt in ('list', 'diffusers'):
         return values + '\n'

@@ -35,9 +35,17 @@ def test_k_diffusion_snippet_executes_to_the_grid():
     assert sigmas.numpy().tobytes() == GRID.tobytes()
 
 
+def test_diffusers_export_for_a_scheduler_is_its_snippet():
+    text = plots.export_text(GRID[:4].tolist() + [0.0], 'diffusers', comment='c', scheduler='EulerDiscreteScheduler')
+    assert text.startswith('# c\n') and 'EulerDiscreteScheduler.from_config(pipe.scheduler.config' in text
+    assert f"sigmas = {json.dumps(GRID[:4].tolist() + [0.0])}" in text
+
+
 def test_export_rejects_unknown_format_and_garbage():
     with pytest.raises(ValueError, match='unknown export format'):
         plots.export_text(GRID, 'npz')
+    with pytest.raises(ValueError, match='diffusers format'):
+        plots.export_text(GRID, 'list', scheduler='EulerDiscreteScheduler')
     with pytest.raises(ValueError):
         plots.parse_export('sigmas = [1, 0]', 'k-diffusion')
     with pytest.raises(ValueError):

@@ -9,9 +9,9 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-from art import plots
+from art import diffusers_sched, plots
 from art import schedule_tool as cli
-from art.schedules import Clock, Schedule, save_schedule
+from art.schedules import Clock, Schedule, load_schedule, save_schedule
 from conftest import ROOT, cli_error
 
 SIGMAS = [80.0, 0.1 + 0.2 + 10, 1 / 3, 2 ** -30, 0.0]
@@ -62,6 +62,15 @@ def test_export_resampled(sched_file, steps):
         assert len(grid) == steps + 1 and grid[0] == 80.0 and grid[-1] == 0.0 and (np.diff(grid) < 0).all()
 
 
+@pytest.mark.parametrize('name', diffusers_sched.SCHEDULERS)
+def test_export_for_a_diffusers_scheduler_prints_its_snippet(sched_file, name):
+    """The snippet itself is executed against diffusers in tests/test_diffusers_sched.py."""
+    result = invoke('export', sched_file, '--format=diffusers', f'--scheduler={name}', '--steps=3')
+    assert result.exit_code == 0, result.stderr
+    grid = load_schedule(sched_file, num_steps=3, resample=True).sigmas
+    assert result.stdout == diffusers_sched.export_snippet(name, grid, f'{sched_file}: method test, K = 3')
+
+
 def test_export_without_clock_resamples_log_linear(tmp_path):
     path = tmp_path / 'noclock.json'
     save_schedule(Schedule('plain', np.array(SIGMAS)), path)
@@ -107,6 +116,9 @@ def test_show_several_files_and_baselines(sched_file, tmp_path):
     (['export', '{missing}', '--format=list'], 'cannot read schedule file'),
     (['export', '{good}', '--format=list', '--steps=0'], "Invalid value for '--steps'"),
     (['export', '{good}', '--format=list', '--steps=999999999'], 'not in the range 1<=x<=10000'),   # K <= MAX_STEPS
+    (['export', '{good}', '--format=list', '--scheduler=EulerDiscreteScheduler'], 'needs --format=diffusers'),
+    (['export', '{good}', '--format=diffusers', '--scheduler=EDMDPMSolverMultistepScheduler'], 'a step count only'),
+    (['export', '{good}', '--format=diffusers', '--scheduler=Euler'], "unknown scheduler 'Euler'; supported: "),
     (['show', '{good}', '--out={txt}'], "'--out': {txt} does not end in .png; show writes a PNG picture"),
     (['show', '{bad}'], 'sigmas must be strictly descending'),
     (['show', '{good}', '--baselines=edm,nope'], "unknown baseline 'nope'"),
