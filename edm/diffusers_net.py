@@ -23,6 +23,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dnnlib.util import UserError
 
@@ -37,6 +38,9 @@ class DiffusersDenoiser(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, prediction_type: str):
         super().__init__()
         self.unet, self.prediction_type = unet, prediction_type
+        for module in unet.modules():   # GroupNorm's forward-mode AD views its input: diffusers' attention passes it
+            if isinstance(module, torch.nn.GroupNorm):   # transposed tensors, which the closed form's JVP then refuses
+                module.register_forward_pre_hook(_contiguous_inputs)
         config = unet.config
         self.img_resolution, self.img_channels = int(config.sample_size), int(config.in_channels)
         self.label_dim = int(config.num_class_embeds or 0)
@@ -70,12 +74,18 @@ class DiffusersDenoiser(torch.nn.Module):
         if self.label_dim:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if class_labels is None \
                 else class_labels.reshape(x.shape[0], -1).argmax(dim=1)
-        out = self.unet(x_t, self.sigma_to_t(sigma), class_labels=labels).sample[:, :x.shape[1]]
+        with sdpa_kernel(SDPBackend.MATH):   # attention by the math kernel: the fused ones have no forward-mode AD
+            out = self.unet(x_t, self.sigma_to_t(sigma), class_labels=labels).sample[:, :x.shape[1]]
         if self.prediction_type == 'epsilon':
             return x - s * out
         if self.prediction_type == 'sample':
             return out
         return x / (1 + s ** 2) - s * out / (1 + s ** 2).sqrt()                # v_prediction
+
+
+def _contiguous_inputs(_module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the module's tensor arguments made contiguous."""
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _read_json(path: str) -> Dict[str, Any]:
