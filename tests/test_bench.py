@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from art import bench
+from art import bench, metrics
 from art.analytic import write_random_gmm
 from art.schedules import Schedule, save_schedule
 from conftest import ROOT, cli_error, run_cli_in_process
@@ -76,6 +76,22 @@ def test_cli_on_a_guided_edm2_network(tmp_path):
     assert 'decoded by its encoder' in line
     line = cli_error(['-m', 'art.bench', f'--network={net}', '--guidance=2', '--steps=2', '--schedules=edm'])
     assert '--guidance needs a guiding network' in line
+
+
+def test_cli_on_a_diffusers_folder(tmp_path, tiny_diffusers, monkeypatch):
+    # A 16-step reference solve instead of 512 keeps it cheap: what is tested is that the command takes the folder.
+    reference = metrics.reference_endpoints
+    def cheap_reference(*args, **kwargs):
+        return reference(*args, **dict(kwargs, steps=16))
+    monkeypatch.setattr(metrics, 'reference_endpoints', cheap_reference)
+    spec, out = f'diffusers:{tiny_diffusers}', tmp_path / 'rows.json'
+    code, stdout, err = run_cli_in_process(['-m', 'art.bench', f'--network={spec}', '--steps=2',
+                                            '--schedules=edm,uniform', '--num=2', f'--out={out}'])
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result['network'] == spec and len(result['rows']) == 2 and '| edm |' in stdout
+    line = cli_error(['-m', 'art.bench', f'--network=diffusers:{tmp_path / "none"}', '--steps=2', '--schedules=edm'])
+    assert 'is not a folder; --network=diffusers:FOLDER takes a folder' in line
 
 
 @pytest.mark.parametrize('args, words', [

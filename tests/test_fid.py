@@ -375,6 +375,22 @@ def test_cli_errors_are_one_line(small_images, fake_detector, tmp_path):
         line = cli_error([ROOT / 'fid.py', 'calc', *args], cwd=tmp_path)
         assert all(word in line for word in words), line
 
+def test_calc_on_the_images_generate_art_makes_from_a_diffusers_folder(tiny_diffusers, fake_detector, tmp_path):
+    # 8x8 grayscale PNGs (the tiny UNet's), each class's seeds in a folder: reference of one, calc of the other.
+    for label in (0, 2):
+        code, _, err = run_cli_in_process(['generate_art.py', f'--network=diffusers:{tiny_diffusers}', '--seeds=0-3',
+                                           '--schedule=edm', '--steps=2', f'--class={label}',
+                                           f'--outdir={tmp_path / f"class{label}"}', '--device=cpu'])
+        assert code == 0, err
+    ref = run_fid(tmp_path, 'ref', f'--data={tmp_path / "class0"}', '--dest=ref.npz', f'--detector={fake_detector}',
+                  '--device=cpu', in_process=True)
+    assert ref.returncode == 0, ref.stderr
+    calc = run_fid(tmp_path, 'calc', f'--images={tmp_path / "class2"}', '--ref=ref.npz', '--num=4',
+                   f'--detector={fake_detector}', '--device=cpu', in_process=True)
+    assert calc.returncode == 0, calc.stderr
+    assert 0 <= float(calc.stdout.strip().splitlines()[-1]) < np.inf
+
+
 def test_ref_dest_is_checked_before_the_statistics(small_images, fake_detector, tmp_path):
     (tmp_path / 'file').write_text('x')
     line = cli_error([ROOT / 'fid.py', 'ref', f'--data={small_images}', f'--dest={tmp_path / "file" / "ref.npz"}',

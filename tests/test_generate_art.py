@@ -10,7 +10,7 @@ import pytest
 import generate_art
 from art.analytic import load_analytic
 from art.schedules import Schedule, save_schedule
-from conftest import ROOT, cli_error, run_cli_in_process
+from conftest import ROOT, cli_error, run_cli_in_process, save_tiny_diffusers
 from tiny_edm2 import tiny_edm2_net, write_edm2_pkl
 
 
@@ -125,6 +125,26 @@ def test_a_schedule_far_below_the_network_range_gets_a_note(tmp_path, capsys):
     assert capsys.readouterr().out == (f'Note: {tmp_path / "low.json"} starts at sigma = 0.2, far below the network\'s '
                                        f'starting level 3: its samples begin with much less noise than the prior and '
                                        f'may be poor.\n')
+
+
+def test_diffusers_folder_generates_images_of_each_class(tmp_path):
+    # The baseline grid ends at the table's sigma_min (0.01 for diffusers' 1,000 linear betas), and --class reaches
+    # the UNet's class embedding: the same seeds give other images (x0-predicting, so that the random UNet's images
+    # are not all clipped to 0 or 255).
+    folder = save_tiny_diffusers(tmp_path / 'model', prediction_type='sample')
+    images = {}
+    for label in (0, 2):
+        code, out, err = run_cli_in_process(['generate_art.py', f'--network=diffusers:{folder}', '--seeds=0-1',
+                                             '--schedule=edm', '--steps=3', f'--class={label}',
+                                             f'--outdir={tmp_path / str(label)}', '--device=cpu'])
+        assert code == 0, err
+        assert 'Schedule edm: K=3, solver heun, sigmas [80.0, ' in out and ', 0.01, 0.0]' in out
+        images[label] = [(tmp_path / str(label) / name).read_bytes() for name in ('000000.png', '000001.png')]
+        assert PIL.Image.open(tmp_path / str(label) / '000000.png').size == (8, 8)
+    assert images[0][0] != images[2][0] and images[0][1] != images[2][1]
+    line = cli_error(['generate_art.py', f'--network=diffusers:{tmp_path / "0"}', f'--outdir={tmp_path / "out"}'])
+    assert f'{tmp_path / "0"}: config.json is missing' in line                 # a folder of images is no model
+    assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.parametrize('args, words', [

@@ -172,8 +172,23 @@ def test_pickle_end_to_end_then_generate(tmp_path):
     assert sorted(os.listdir(tmp_path / 'img')) == ['000000.png', '000001.png']
 
 
+@pytest.mark.slow
+def test_diffusers_folder_learns_a_schedule_in_a_run_named_after_it(tmp_path, tiny_diffusers):
+    # One learner iteration on one replayed trajectory (~2 s: the UNet of diffusers costs ~6 ms a pass at any size).
+    spec = f'diffusers:{tiny_diffusers}'
+    out = _train([f'--network={spec}', '--steps=3', '--iters=1', '--batch=1', '--pool=1',
+                  f'--outdir={tmp_path / "runs"}', '--device=cpu'], in_process=True)
+    assert out.returncode == 0, out.stderr
+    run = _only_run_dir(tmp_path / 'runs')
+    assert os.path.basename(run) == '00000-art-rl-tiny-ddpm-k3'
+    schedule = load_schedule(os.path.join(run, 'schedule-k3.json'), num_steps=3)
+    assert schedule.provenance['network'] == spec
+    assert schedule.sigmas[0] == 80.0 and np.all(np.diff(schedule.sigmas) < 0)
+
+
 @pytest.mark.parametrize('args, pattern', [
     (['--network=analytic:bogus'], 'unknown analytic spec'),
+    (['--network=diffusers:/no/such/folder'], 'is not a folder; --network=diffusers:FOLDER takes a folder'),
     (['--network=/no/such.pkl'], 'no such file'),
     (['--network=analytic:gauss1d', '--steps=0'], 'steps'),
     (['--network=analytic:gauss1d', '--method=magic'], 'method'),
