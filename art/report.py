@@ -2,9 +2,10 @@
 
     python -m art.report --outdir=docs/bench [--settings=trained,mixture,fmnist-mixture] [--art-rl=RUN_DIR] ...
 
-The settings, their sizes and schedule sources are declared in art/settings.py (the options without --trained- or
---inception- set MixtureOptions, the others TrainedOptions); the tables and report.md are written by
-art/report_writer.py. Writes `<outdir>/report.md`, one PNG per setting and `rows.json`.
+The settings, their sizes and schedule sources are declared in art/settings.py (the options without --trained-,
+--inception- or --diffusers- set MixtureOptions, --diffusers-* DiffusersOptions, the others TrainedOptions); the
+tables and report.md are written by art/report_writer.py. Writes `<outdir>/report.md`, one PNG per setting and
+`rows.json`.
 """
 
 from typing import List, Optional
@@ -12,11 +13,13 @@ from typing import List, Optional
 import click
 
 from art.compare import MAX_LATENTS
+from art.practitioner import DiffusersOptions
 from art.settings import SETTINGS, MixtureOptions, TrainedOptions, one_clock_file, run_report
 from edm.cli import Command, check_output_dir, name_list_callback, steps_callback
 
 MAX_REPEATS = 20            # disjoint seed sets per value
 MAX_DIRECT_ITERS = 100_000  # direct's Adam iterations (a cap far above what its stopping rule takes)
+MAX_REFERENCE_STEPS = 4096  # RK4 steps of a reference solve
 
 
 @click.command(cls=Command)
@@ -66,12 +69,32 @@ MAX_DIRECT_ITERS = 100_000  # direct's Adam iterations (a cap far above what its
               'for the trained network  [default: no Inception FID]', metavar='NPZ', default=None)
 @click.option('--inception-num', help='Images per Inception-FID value of the trained network',
               type=click.IntRange(2, MAX_LATENTS), default=TrainedOptions.inception_num, show_default=True)
+@click.option('--diffusers-network', help='The diffusers model folder of the practitioner\'s table', metavar='FOLDER',
+              default=DiffusersOptions.network, show_default='assets/ddpm-fmnist28-cond')
+@click.option('--diffusers-steps', help='Step counts of the practitioner\'s table', metavar='LIST',
+              default=','.join(map(str, DiffusersOptions.steps)), show_default=True,
+              callback=steps_callback('diffusers-steps'))
+@click.option('--diffusers-num', help='Latents of the rms of the practitioner\'s table',
+              type=click.IntRange(2, MAX_LATENTS), default=DiffusersOptions.num, show_default=True)
+@click.option('--diffusers-fid-num', help='Images per LeNet-FID value of the practitioner\'s table (0: skip FID)',
+              type=click.IntRange(0, MAX_LATENTS), default=DiffusersOptions.fid_num, show_default=True)
+@click.option('--diffusers-reference-steps', help='RK4 steps of the practitioner\'s rms reference',
+              type=click.IntRange(2, MAX_REFERENCE_STEPS), default=DiffusersOptions.reference_steps, show_default=True)
+@click.option('--diffusers-closed-form', help='Closed-form schedule of the diffusers model (its clock serves every K)',
+              metavar='FILE', default=None, show_default='the network\'s cached adaptive clock')
+@click.option('--diffusers-art-rl', help='art-rl schedule of the diffusers model', metavar='FILE', default=None,
+              show_default='no art-rl rows')
+@click.option('--diffusers-direct-steps', help='K at which direct is made on the diffusers model', metavar='LIST',
+              default=','.join(map(str, DiffusersOptions.direct_steps)), show_default=True,
+              callback=steps_callback('diffusers-direct-steps'))
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
          fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str, settings: List[str],
          trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_closed_form: Optional[str],
          trained_art_rl: Optional[str], trained_direct_steps: List[int], trained_direct_latents: int,
          trained_direct_iters: int, trained_gits_latents: int, inception_ref: Optional[str],
-         inception_num: int) -> None:
+         inception_num: int, diffusers_network: str, diffusers_steps: List[int], diffusers_num: int,
+         diffusers_fid_num: int, diffusers_reference_steps: int, diffusers_closed_form: Optional[str],
+         diffusers_art_rl: Optional[str], diffusers_direct_steps: List[int]) -> None:
     """Benchmark every schedule method and write the report."""
     check_output_dir(outdir, '--outdir')
     mixtures = MixtureOptions(art_rl=art_rl, num=num, repeats=repeats, direct_latents=direct_latents, fid_num=fid_num,
@@ -82,7 +105,11 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
         closed_form_file=one_clock_file(trained_closed_form, 'closed-form', '--trained-closed-form'),
         art_rl_file=one_clock_file(trained_art_rl, 'art-rl', '--trained-art-rl'), direct_steps=trained_direct_steps,
         direct_latents=trained_direct_latents, direct_iters=trained_direct_iters, gits_latents=trained_gits_latents)
-    print(run_report(outdir, settings, mixtures, trained))
+    diffusers = DiffusersOptions(
+        network=diffusers_network, steps=diffusers_steps, num=diffusers_num, fid_num=diffusers_fid_num,
+        reference_steps=diffusers_reference_steps, closed_form_file=diffusers_closed_form, art_rl_file=diffusers_art_rl,
+        direct_steps=diffusers_direct_steps)
+    print(run_report(outdir, settings, mixtures, trained, diffusers))
 
 
 if __name__ == '__main__':

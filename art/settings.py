@@ -1,11 +1,13 @@
-"""The three settings of the benchmark report (`python -m art.report`), declared as data, and the run of the report.
+"""The settings of the benchmark report (`python -m art.report`), declared as data, and the run of the report.
 
 SETTINGS, in the order run and reported: `trained`, the embedded trained network (below); `mixture`, an image-shaped
 analytic Gaussian mixture (rms endpoint error against the exact ODE solution, Euler, K of MIXTURE_STEPS);
 `fmnist-mixture`, the Fashion-MNIST mixture (rms, Euler and Heun, K of FMNIST_MIXTURE_STEPS; and FID with the offline
 detector when `fid_num` > 0, against `fid_ref` or, by default, the statistics of `fid_ref_num` exact draws from the
-mixture, quantised as PNGs are). Schedules: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the
-mixture from the run directory `art_rl`, for the Fashion-MNIST mixture its shipped schedule). Every value of the
+mixture, quantised as PNGs are); `diffusers`, the practitioner's table of a diffusers model (art/practitioner.py:
+diffusers' own schedules against the project's grids through the same schedulers; DiffusersOptions). Schedules of the
+others: edm, uniform, logsnr, closed-form, direct, gits, and art-rl (for the mixture from the run directory `art_rl`,
+for the Fashion-MNIST mixture its shipped schedule). Every value of the
 mixtures is the mean (and spread) over `repeats` disjoint sets of `num` latents: the rms is dominated by rare latents,
 so one set of 256 moves it by up to 15%. Each method's cost (network evaluations, CPU seconds) comes from the
 provenance of its schedules, and a gap table gives ART-RL's ratio to direct (the limit on analytic models), to the
@@ -36,7 +38,8 @@ from art.compare import ScheduleSource, SeedSet, run_bench
 from art.direct import NUM_LATENTS
 from art.methods import MAKER_METHODS, SOLVER_SPECIFIC, ScheduleMaker
 from art.networks import DEFAULT_NETWORK, MIXTURE_NETWORK, load_network_spec, shipped_schedule_path
-from art.report_writer import finish_setting, write_report
+from art.practitioner import DiffusersOptions, check_options as check_diffusers_options, practitioner_table
+from art.report_writer import finish_setting, practitioner_result, write_report
 from art.schedules import Schedule, code_version, load_schedule
 from edm import fid, lenet
 from edm.images import to_uint8
@@ -107,14 +110,15 @@ def one_clock_file(spec: Optional[str], method: str, option: str) -> Optional[st
     return spec
 
 
-def closed_form_clock(path: Optional[str]) -> Optional[Schedule]:
-    """The closed-form schedule file whose clock serves every K (None: none given); UserError unless it is one."""
+def closed_form_clock(path: Optional[str], option: str = '--trained-closed-form') -> Optional[Schedule]:
+    """The closed-form schedule file whose clock serves every K (None: none given); UserError (naming `option`)
+    unless it is one."""
     if path is None:
         return None
     schedule = load_schedule(path)
     if schedule.method != 'closed-form' or schedule.clock is None:
         what = 'has no clock' if schedule.method == 'closed-form' else f'is not closed-form (method {schedule.method})'
-        raise UserError(f'--trained-closed-form={path} {what}; give a closed-form schedule file with a clock '
+        raise UserError(f'{option}={path} {what}; give a closed-form schedule file with a clock '
                         f'(train_art.py --method=closed-form writes one)')
     return schedule
 
@@ -235,14 +239,23 @@ def fmnist_mixture_results(outdir: str, opts: MixtureOptions) -> List[Dict]:
     return results
 
 
-SETTINGS: Dict[str, Callable[[str, MixtureOptions, TrainedOptions], List[Dict]]] = {   # in the order run and reported
-    'trained': lambda outdir, mixtures, trained: trained_results(outdir, trained),
-    'mixture': lambda outdir, mixtures, trained: mixture_results(outdir, mixtures),
-    'fmnist-mixture': lambda outdir, mixtures, trained: fmnist_mixture_results(outdir, mixtures),
+def diffusers_results(outdir: str, opts: DiffusersOptions) -> List[Dict]:
+    """The practitioner's table of a diffusers model (art/practitioner.py): diffusers' own schedules against the
+    project's grids through the same schedulers, LeNet-FID and rms."""
+    return [practitioner_result(practitioner_table(opts), outdir)]
+
+
+Run = Callable[[str, MixtureOptions, TrainedOptions, DiffusersOptions], List[Dict]]
+SETTINGS: Dict[str, Run] = {   # in the order run and reported
+    'trained': lambda outdir, mixtures, trained, diffusers: trained_results(outdir, trained),
+    'mixture': lambda outdir, mixtures, trained, diffusers: mixture_results(outdir, mixtures),
+    'fmnist-mixture': lambda outdir, mixtures, trained, diffusers: fmnist_mixture_results(outdir, mixtures),
+    'diffusers': lambda outdir, mixtures, trained, diffusers: diffusers_results(outdir, diffusers),
 }
 
 
-def check_inputs(names: Sequence[str], mixtures: MixtureOptions, trained: TrainedOptions) -> None:
+def check_inputs(names: Sequence[str], mixtures: MixtureOptions, trained: TrainedOptions,
+                 diffusers: Optional[DiffusersOptions] = None) -> None:
     """UserError unless `names` are one or more of SETTINGS and every input file given can be used: checked before
     any work, so that a mistake fails now, not after an hour of sampling, and leaves nothing written."""
     unknown = sorted(set(names) - set(SETTINGS))
@@ -257,18 +270,24 @@ def check_inputs(names: Sequence[str], mixtures: MixtureOptions, trained: Traine
     closed_form_clock(trained.closed_form_file)
     if trained.art_rl_file:
         load_schedule(trained.art_rl_file)
+    if 'diffusers' in names:
+        diffusers = diffusers or DiffusersOptions()
+        check_diffusers_options(diffusers)
+        closed_form_clock(diffusers.closed_form_file, '--diffusers-closed-form')
 
 
-def run_report(outdir: str, names: Sequence[str], mixtures: MixtureOptions, trained: TrainedOptions) -> str:
+def run_report(outdir: str, names: Sequence[str], mixtures: MixtureOptions, trained: TrainedOptions,
+               diffusers: Optional[DiffusersOptions] = None) -> str:
     """Check the inputs, run the named settings in the order of SETTINGS and write the report into outdir (made
     here); returns the text of report.md."""
-    check_inputs(names, mixtures, trained)
+    diffusers = diffusers or DiffusersOptions()
+    check_inputs(names, mixtures, trained, diffusers)
     version = code_version()                        # before this run writes its own outputs into the tree
     os.makedirs(outdir, exist_ok=True)
     results, walls = [], {}
     for name, run in SETTINGS.items():
         if name in names:
             start = time.perf_counter()
-            results += run(outdir, mixtures, trained)
+            results += run(outdir, mixtures, trained, diffusers)
             walls[name] = time.perf_counter() - start
     return write_report(outdir, results, version, walls)
