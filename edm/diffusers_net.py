@@ -17,12 +17,14 @@ into a network built on the meta device from the config, after their names and s
 remote code, nothing downloaded.
 """
 
+import contextlib
 import json
 import math
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dnnlib.util import UserError
@@ -74,7 +76,9 @@ class DiffusersDenoiser(torch.nn.Module):
         if self.label_dim:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if class_labels is None \
                 else class_labels.reshape(x.shape[0], -1).argmax(dim=1)
-        with sdpa_kernel(SDPBackend.MATH):   # attention by the math kernel: the fused ones have no forward-mode AD
+        dual = forward_ad.unpack_dual(x).tangent is not None or forward_ad.unpack_dual(sigma).tangent is not None
+        kernels = sdpa_kernel(SDPBackend.MATH) if dual else contextlib.nullcontext()   # the fused attention kernels
+        with kernels:                                                                  # have no forward-mode AD
             out = self.unet(x_t, self.sigma_to_t(sigma), class_labels=labels).sample[:, :x.shape[1]]
         if self.prediction_type == 'epsilon':
             return x - s * out
