@@ -17,6 +17,7 @@ from edm.rng import seed_latents
 from tests.conftest import cli_error, save_tiny_diffusers, tiny_unet2d
 
 STEPS = (2, 3)
+CF_COST = {'evals': 46, 'forward_evals': 30, 'jvp_evals': 16, 'cpu_seconds': 0.5}
 
 
 class _Projection(torch.nn.Module):
@@ -38,7 +39,7 @@ def setup(tiny_diffusers, tmp_path_factory):
     folder = tmp_path_factory.mktemp('practitioner')
     clock = grids.make_sigmas('edm', 4, sigma_max=80.0, sigma_min=0.02)
     save_schedule(Schedule('closed-form', clock, clock=clock_from_grid(clock),
-                           provenance={'cost': {'evals': 46, 'cpu_seconds': 0.5}}), folder / 'cf.json')
+                           provenance={'cost': CF_COST}), folder / 'cf.json')
     save_schedule(Schedule('art-rl', [80.0, 0.0105, 0.0101, 0.0]), folder / 'rl.json')
     detector = _Projection()
     images = torch.randint(0, 256, (64, 1, 8, 8), generator=torch.Generator().manual_seed(1))
@@ -66,7 +67,7 @@ def test_every_row_runs_with_finite_scores(setup):
     for cell in table['cells']:
         if 'skipped' not in cell:
             assert np.isfinite(cell['rms']) and np.isfinite(cell['fid']) and cell['rms'] > 0
-    assert cells['Euler + closed-form', 3]['cost'] == {'evals': 46, 'cpu_seconds': 0.5}
+    assert cells['Euler + closed-form', 3]['cost'] == CF_COST
     assert cells['Euler', 2]['cost'] is None
 
 
@@ -148,3 +149,15 @@ def test_a_missing_folder_is_one_line(tmp_path, monkeypatch):
                       f'--diffusers-network={tmp_path / "none"}'])
     assert line.startswith('error: --diffusers-network=') and 'no such folder' in line
     assert not (tmp_path / 'r').exists()
+
+
+def test_the_report_setting_writes_the_table(setup, monkeypatch, tmp_path):
+    import art.settings
+    opts, table = setup
+    monkeypatch.setattr(art.settings, 'practitioner_table', lambda options: table if options is opts else None)
+    text = art.settings.run_report(str(tmp_path / 'r'), ['diffusers'], art.settings.MixtureOptions(),
+                                   art.settings.TrainedOptions(), opts)
+    assert '## Your diffusers model: LeNet-FID and rms, diffusers schedulers' in text
+    assert '| closed-form | 46 | 0.5 |' in text and '| Euler + gits | 2 |' in text
+    assert 'Not run: DPM++(2M) + art-rl at K=3' in text
+    assert (tmp_path / 'r' / 'diffusers-practitioner.png').is_file()

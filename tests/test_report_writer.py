@@ -1,7 +1,8 @@
 """art.report_writer: method costs from provenance, ART-RL's gap table, the Markdown report and its rows."""
 import json
 
-from art.report_writer import gap_table, method_costs, write_report
+from art.report_writer import (art_against_defaults, gap_table, method_costs, practitioner_markdown,
+                               practitioner_result, write_report)
 
 
 def _row(schedule, steps, value, cost=None):
@@ -56,3 +57,47 @@ def test_write_report(tmp_path):
     top = text.split('## trained network: rms, all solvers')[1].split('##')[0]
     assert '| rms | euler K=5 (NFE 5) | euler K=10 (NFE 10) | heun K=5 (NFE 9) | heun K=10 (NFE 19) |' in top
     assert '| direct | **2.5** | **1.2** | **1.25** | **0.6** |' in top
+
+
+def _cell(row, grid, steps, fid, rms, scheduler='EulerDiscreteScheduler', cost=None):
+    return dict(row=row, scheduler=scheduler, grid=grid, steps=steps, nfe=steps, levels=[80.0, 1.0, 0.0], fid=fid,
+                rms=rms, cost=cost, seconds=0.1)
+
+
+CF_COST = dict(evals=46, forward_evals=30, jvp_evals=16, cpu_seconds=0.5)     # as the closed form records it
+CELLS = [
+    _cell('DDIM', 'diffusers', 5, 30.0, 3.0, 'DDIMScheduler'),
+    _cell('DDIM', 'diffusers', 10, 20.0, 2.0, 'DDIMScheduler'),
+    _cell('Euler Karras', 'diffusers', 5, 25.0, 2.5), _cell('Euler Karras', 'diffusers', 10, 12.0, 1.5),
+    _cell('Euler + closed-form', 'closed-form', 5, 20.0, 2.6, cost=CF_COST),
+    _cell('Euler + closed-form', 'closed-form', 10, 15.0, 1.2, cost=CF_COST),
+    _cell('DPM++(2M) + closed-form', 'closed-form', 5, 10.0, 1.0, 'DPMSolverMultistepScheduler', CF_COST),
+    dict(row='DPM++(2M) + closed-form', scheduler='DPMSolverMultistepScheduler', grid='closed-form', steps=10,
+         cost=CF_COST, skipped='two levels round to one timestep'),
+]
+
+
+def test_practitioner_table_and_art_against_the_best_default():
+    lines = practitioner_markdown(CELLS).splitlines()
+    assert lines[0] == ('| schedule | K=5: NFE | σ start | LeNet-FID | rms | K=10: NFE | σ start | LeNet-FID | rms '
+                        '|')
+    assert lines[2] == '| DDIM | 5 | 80 | 30 | 3 | 10 | 80 | 20 | 2 |'
+    assert lines[4] == '| Euler + closed-form | 5 | 80 | 20 | 2.6 | 10 | 80 | 15 | **1.2** |'    # lowest in bold
+    assert lines[5] == '| DPM++(2M) + closed-form | 5 | 80 | **10** | **1** | - | - | - | - |'    # skipped at 10
+    assert lines[-1] == 'Not run: DPM++(2M) + closed-form at K=10: two levels round to one timestep'
+    ratios = art_against_defaults(CELLS, 'fid').splitlines()
+    assert ratios[2] == '| Euler + closed-form | 0.800 (vs Euler Karras 25) | 1.250 (vs Euler Karras 12) |'
+    assert ratios[3] == '| DPM++(2M) + closed-form | 0.400 (vs Euler Karras 25) | - |'
+    assert art_against_defaults([c for c in CELLS if c['grid'] != 'closed-form'], 'fid') == ''
+
+
+def test_practitioner_result_joins_the_report(tmp_path):
+    table = dict(cells=CELLS, network='assets/ddpm', num=4, fid_num=8,
+                 reference=dict(solver='rk4', steps=64, check_latents=2, check_rms=0.01))
+    text = write_report(str(tmp_path), [practitioner_result(table, str(tmp_path))], 'abc1234')
+    assert '## Your diffusers model: LeNet-FID and rms, diffusers schedulers' in text
+    assert 'against RK4 with 64 steps over the model\'s whole range (its distance to 128 steps on 2 latents: 0.01)' \
+        in text
+    assert '| closed-form | 46 | 0.5 |' in text                        # one clock, counted once for both schedulers
+    assert (tmp_path / 'diffusers-practitioner.png').is_file()
+    assert len(json.loads((tmp_path / 'rows.json').read_text())) == len(CELLS)
