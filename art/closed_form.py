@@ -16,8 +16,9 @@ Estimation (``estimate_qbar``):
 Adaptive estimate (``adaptive_estimate``, the default; ``AdaptiveSettings``): start_samples trajectories on `levels`
 fine levels, then their number doubled (the first n kept: one generator draws them in order) until the grids of
 K = min_steps..max_steps move by less than `tolerance` in log sigma (max over K and interior levels), or the next
-doubling would pass `budget` network evaluations (forward passes and JVPs counted alike): then as many as still fit are
-added once and the estimate stops with 'budget'. Q by 'fd' costs what 'jvp' costs in evaluations and gives the same
+doubling would pass `budget` network evaluations (forward passes and JVPs counted alike; `analytic_budget` for an
+analytic model, whose evaluations are cheap): then as many as still fit are added once and the estimate stops with
+'budget'. Q by 'fd' costs what 'jvp' costs in evaluations and gives the same
 clock, at a forward pass's CPU time; 'flow' (Heun's stages, free) is first order in the fine step (docs/method.md §5).
 
 Lambda (``lambda_clock``): sqrt(qbar) is integrated in v = sigma^(1/rho) (where the fine grid is uniform) with the
@@ -33,6 +34,7 @@ import numpy as np
 import scipy.interpolate
 import torch
 
+from art.analytic import AnalyticModel
 from art.error_density import error_density, field, q_norm
 from art.schedules import Clock, Schedule, Stopwatch, method_provenance
 from edm import grids
@@ -157,6 +159,7 @@ def estimate_qbar(net, num_samples: int = 256, fine_steps: int = 256, sigma_min:
 class AdaptiveSettings:
     """The adaptive estimate's rule (``adaptive_estimate``): what it measures, when it stops, what it may spend."""
     budget: int = 1000              # network evaluations at most, forward passes and JVPs counted alike
+    analytic_budget: int = 65536    # the same for an analytic model (an evaluation costs 1% of a network's or less)
     tolerance: float = 0.005        # converged when the grids move less than this in log sigma as n doubles
     start_samples: int = 2          # trajectories of the first estimate; then doubled
     levels: int = 32                # fine-grid levels of every trajectory (fixed: docs/method.md §5)
@@ -208,6 +211,7 @@ def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed
     sigma = fine_levels(net, settings.levels, sigma_min, sigma_max, rho)
     generator = torch.Generator().manual_seed(seed)
     cost = settings.trajectory_cost()
+    budget = settings.analytic_budget if isinstance(net, AnalyticModel) else settings.budget
     stats, rows, history, clock, stop, n = {}, [], [], None, 'budget', 0
     watch = Stopwatch()
 
@@ -216,7 +220,7 @@ def adaptive_estimate(net, settings: AdaptiveSettings = AdaptiveSettings(), seed
 
     while True:
         wanted = n or settings.start_samples
-        add = min(wanted, (settings.budget - spent()) // cost)
+        add = min(wanted, (budget - spent()) // cost)
         if add < 1:
             break
         latents, labels = draw_latents(net, add, generator)
