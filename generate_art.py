@@ -50,13 +50,15 @@ def schedule_grid(spec: str, net: torch.nn.Module, network: str, num_steps: Opti
             clock = auto_clock.shared_clock(net, network, cache_dir, log=dist.print0)
             return dataclasses.replace(clock.resample(num_steps or 18), solver=None)
         spec = str(shipped)
-    schedule = load_schedule(spec, num_steps=num_steps, resample=True)
+    schedule = load_schedule(spec)
     note = check_network_fit(schedule, net, network, spec)
     if note:
         dist.print0(f'Note: {note}.')
-    if 'resampled' in schedule.provenance:
-        note = schedule.provenance['resampled']
-        dist.print0(f'Note: {spec} holds K={note["from_steps"]}; resampled to K={note["to_steps"]} ({note["rule"]}).')
+    if num_steps is None or num_steps == schedule.num_steps:
+        return schedule
+    schedule = load_schedule(spec, num_steps=num_steps, resample=True)   # its errors say which file
+    note = schedule.provenance['resampled']
+    dist.print0(f'Note: {spec} holds K={note["from_steps"]}; resampled to K={note["to_steps"]} ({note["rule"]}).')
     return schedule
 
 

@@ -111,11 +111,11 @@ def test_adaptive_stops_at_the_budget_and_reuses_its_trajectories(tmp_path):
     """An unreachable tolerance: doublings 2 -> 4 -> 8, then as many as the budget still holds (3); the estimates
     along the way are those of the first n trajectories, so a smaller budget repeats the first moves exactly."""
     net = load_analytic(f'analytic:gmm:{write_random_gmm(tmp_path / "m.npz", 4, (1, 2, 2), seed=0)}')
-    settings = AdaptiveSettings(q_mode='flow', levels=8, start_samples=2, tolerance=1e-12, budget=11 * 14 + 5)
-    est = adaptive_estimate(net, settings)
+    settings = AdaptiveSettings(q_mode='flow', levels=8, start_samples=2, tolerance=1e-12, analytic_budget=11 * 14 + 5)
+    est = adaptive_estimate(net, settings)                      # an analytic model: analytic_budget, not budget
     assert est.stop == 'budget' and [h['num_samples'] for h in est.history] == [2, 4, 8, 11]
     assert est.history[-1]['evals'] == 11 * 14 == est.estimate.forward_evals and est.estimate.jvp_evals == 0
-    smaller = adaptive_estimate(net, dataclasses.replace(settings, budget=4 * 14))
+    smaller = adaptive_estimate(net, dataclasses.replace(settings, analytic_budget=4 * 14))
     assert smaller.stop == 'budget' and smaller.history == est.history[:2]
     generator = torch.Generator().manual_seed(0)
     q = np.concatenate([trajectory_q(net, *draw_latents(net, 2, generator), smaller.estimate.sigma, 'flow')

@@ -281,13 +281,13 @@ def test_guided_spec_loads_as_one_guided_network(tmp_path):
 @pytest.mark.parametrize('guided', [False, True])
 @pytest.mark.slow
 def test_edm2_closed_form_then_generate(tmp_path, guided):
-    # Toy size: the closed form evaluates Q by a JVP at each of its 256 reference levels (about 10 s, 20 s guided).
+    # The default closed form (the adaptive estimate: batched trajectories on 32 levels, Q by forward differences).
     net = write_edm2_pkl(tmp_path / 'net.pkl', tiny_edm2_net(seed=1, **TOY))
     guide = write_edm2_pkl(tmp_path / 'guide.pkl', tiny_edm2_net(seed=2, **dict(TOY, model_channels=4)),
                            encoder=False)
     guide_args = [f'--gnet={guide}', '--guidance=2'] if guided else []
-    out = _train([f'--network={net}', '--method=closed-form', '--cf-samples=1', '--steps=4',
-                  f'--outdir={tmp_path / "runs"}', '--device=cpu'] + guide_args, in_process=True)
+    out = _train([f'--network={net}', '--method=closed-form', '--steps=4', f'--outdir={tmp_path / "runs"}',
+                  '--device=cpu'] + guide_args, in_process=True)
     assert out.returncode == 0, out.stderr
     path = os.path.join(_only_run_dir(tmp_path / 'runs'), 'schedule-k4.json')
     schedule = load_schedule(path, num_steps=4)
