@@ -62,3 +62,22 @@ def test_default_network_round_trips_through_the_training_loop(tmp_path):
     assert set(snapshot) >= {'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'}
     for (name, a), (_, b) in zip(snapshot['ema'].named_parameters(), shipped.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)   # Adam moves each weight by <= lr
+
+
+def test_shipped_diffusers_model_is_small_safe_and_the_recipe():
+    # assets/ddpm-fmnist28-cond (card beside it): safetensors only, the architecture of training/ddpm.py, diffusers'
+    # DDPM noise table, read by the adapter as a 1x28x28 class-conditional denoiser.
+    from art.practitioner import SHIPPED_MODEL
+    from edm.diffusers_net import load_diffusers
+    from training.ddpm import unet_config
+    files = [os.path.join(root, name) for root, _, names in os.walk(SHIPPED_MODEL) for name in names]
+    assert sum(os.path.getsize(f) for f in files) <= 10 * 2 ** 20
+    assert not [f for f in files if f.endswith(('.bin', '.pkl', '.pt', '.ckpt'))]
+    net = load_diffusers(str(SHIPPED_MODEL))
+    assert (net.img_resolution, net.img_channels, net.label_dim) == (28, 1, 10)
+    assert sum(p.numel() for p in net.unet.parameters()) == 1_624_449 <= 2_000_000
+    config = net.unet.config
+    for key, value in unet_config().items():
+        assert tuple(config[key]) == tuple(value) if isinstance(value, tuple) else config[key] == value, key
+    assert net.prediction_type == 'epsilon' and abs(net.sigma_max - 157.4) < 0.05 and abs(net.sigma_min - 0.01) < 1e-4
+    assert '1,624,449 parameters' in (SHIPPED_MODEL.parent / 'ddpm-fmnist28-cond.md').read_text()
