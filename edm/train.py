@@ -95,7 +95,7 @@ def loss_config(precond: str) -> dnnlib.EasyDict:
               show_default=True)
 @click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500,
               show_default=True)
-@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
+@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=click.IntRange(0, 2 ** 32 - 1))
 @click.option('--transfer', help='Transfer learning from network pickle', metavar='PKL|URL', type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)

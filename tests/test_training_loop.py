@@ -218,6 +218,15 @@ def test_cli_option_errors(run, tmp_path):
     assert list(tmp_path.glob('0*')) == []
 
 
+@pytest.mark.parametrize('seed', ['-1', str(2 ** 32)])
+def test_cli_seed_out_of_range_is_one_line(tmp_path, seed):
+    # The data sampler's RandomState takes seeds in [0, 2^32): others are refused before anything is made.
+    line = cli_error(['-m', 'edm.train', f'--outdir={tmp_path}', f'--data={tmp_path / "none"}', f'--seed={seed}',
+                      '--device=cpu'])
+    assert '--seed' in line and '0<=x<=4294967295' in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_outdir_under_a_file_is_one_line_before_reading_data(tmp_path):
     (tmp_path / 'file').write_text('x')
     line = cli_error(['-m', 'edm.train', f'--outdir={tmp_path / "file" / "runs"}', f'--data={tmp_path / "none"}',
