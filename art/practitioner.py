@@ -94,6 +94,7 @@ class DiffusersOptions:
     direct_steps: Sequence[int] = (5,)          # K at which direct is made
     direct_latents: int = 64                    # direct's training (and held-out) latents
     direct_iters: int = 50                      # direct's Adam iterations
+    sigma_max: Optional[float] = None           # where the project's grids start (None: min(80, the table's top))
 
 
 def check_options(opts: DiffusersOptions) -> None:
@@ -193,13 +194,18 @@ def grid_makers(net: torch.nn.Module, network: str, opts: DiffusersOptions,
                 log: Callable[[str], Any]) -> Dict[str, Callable[[int], Optional[Schedule]]]:
     """The project's grids on the model, by method (GRID_METHODS order; art-rl only when a file is given): each a
     function of K, made once per K (None where not made: direct outside `direct_steps`)."""
-    clock = load_schedule(opts.closed_form_file) if opts.closed_form_file else shared_clock(net, network, log=log)
-    closed_form = ScheduleMaker('closed-form', net, network, clock=clock)
+    start = {} if opts.sigma_max is None else dict(sigma_max=opts.sigma_max)
+    if opts.closed_form_file:
+        closed_form = ScheduleMaker('closed-form', net, network, clock=load_schedule(opts.closed_form_file))
+    elif start:                                # the cache holds clocks over the default range only
+        closed_form = ScheduleMaker('closed-form', net, network, options=start)
+    else:
+        closed_form = ScheduleMaker('closed-form', net, network, clock=shared_clock(net, network, log=log))
     gits = ScheduleMaker('gits', net, network, 'euler', dict(num_latents=opts.gits_latents,
-                                                             fine_steps=opts.gits_levels))
+                                                             fine_steps=opts.gits_levels, **start))
     direct = ScheduleMaker('direct', net, network, 'euler', dict(
         num_latents=opts.direct_latents, num_holdout=opts.direct_latents, iters=opts.direct_iters,
-        reference=(REFERENCE_SOLVER, opts.reference_steps), warm_start=[closed_form, gits]))
+        reference=(REFERENCE_SOLVER, opts.reference_steps), warm_start=[closed_form, gits], **start))
     makers = {'closed-form': closed_form, 'gits': gits,
               'direct': lambda k: direct(k) if k in opts.direct_steps else None}
     if opts.art_rl_file:

@@ -87,6 +87,9 @@ MAX_REFERENCE_STEPS = 4096  # RK4 steps of a reference solve
 @click.option('--diffusers-direct-steps', help='K at which direct is made on the diffusers model', metavar='LIST',
               default=','.join(map(str, DiffusersOptions.direct_steps)), show_default=True,
               callback=steps_callback('diffusers-direct-steps'))
+@click.option('--diffusers-sigma-max', help='Noise level the project\'s grids on the diffusers model start from',
+              metavar='SIGMA', type=click.FloatRange(min=0, min_open=True), default=None,
+              show_default='min(80, the table\'s top)')
 def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_latents: int, fid_num: int,
          fid_ref: Optional[str], fid_ref_num: int, fid_steps: List[int], fid_solvers: str, settings: List[str],
          trained_num: int, trained_fid_num: int, trained_fid_repeats: int, trained_closed_form: Optional[str],
@@ -94,7 +97,8 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
          trained_direct_iters: int, trained_gits_latents: int, inception_ref: Optional[str],
          inception_num: int, diffusers_network: str, diffusers_steps: List[int], diffusers_num: int,
          diffusers_fid_num: int, diffusers_reference_steps: int, diffusers_closed_form: Optional[str],
-         diffusers_art_rl: Optional[str], diffusers_direct_steps: List[int]) -> None:
+         diffusers_art_rl: Optional[str], diffusers_direct_steps: List[int],
+         diffusers_sigma_max: Optional[float]) -> None:
     """Benchmark every schedule method and write the report."""
     check_output_dir(outdir, '--outdir')
     mixtures = MixtureOptions(art_rl=art_rl, num=num, repeats=repeats, direct_latents=direct_latents, fid_num=fid_num,
@@ -108,7 +112,7 @@ def main(outdir: str, art_rl: Optional[str], num: int, repeats: int, direct_late
     diffusers = DiffusersOptions(
         network=diffusers_network, steps=diffusers_steps, num=diffusers_num, fid_num=diffusers_fid_num,
         reference_steps=diffusers_reference_steps, closed_form_file=diffusers_closed_form, art_rl_file=diffusers_art_rl,
-        direct_steps=diffusers_direct_steps)
+        direct_steps=diffusers_direct_steps, sigma_max=diffusers_sigma_max)
     print(run_report(outdir, settings, mixtures, trained, diffusers))
 
 

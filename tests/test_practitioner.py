@@ -161,3 +161,15 @@ def test_the_report_setting_writes_the_table(setup, monkeypatch, tmp_path):
     assert '| closed-form | 46 | 0.5 |' in text and '| Euler + gits | 2 |' in text
     assert 'Not run: DPM++(2M) + art-rl at K=3' in text
     assert (tmp_path / 'r' / 'diffusers-practitioner.png').is_file()
+
+
+def test_sigma_max_sets_where_the_project_grids_start(tiny_diffusers):
+    # --diffusers-sigma-max: the closed form (estimated over the range, not the cached default clock), gits and
+    # direct all start there.
+    net = load_network_spec('diffusers:' + tiny_diffusers)
+    opts = DiffusersOptions(network=tiny_diffusers, gits_latents=2, gits_levels=5, direct_steps=(2,),
+                            direct_latents=2, direct_iters=1, reference_steps=4, sigma_max=5.0)
+    makers = practitioner.grid_makers(net, 'diffusers:' + tiny_diffusers, opts, log=lambda line: None)
+    for method in ('closed-form', 'gits', 'direct'):
+        sigmas = makers[method](2).sigmas
+        assert sigmas[0] == 5.0 and sigmas[-1] == 0.0, method
