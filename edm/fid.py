@@ -290,13 +290,8 @@ def calculate_inception_stats(image_path: str, detector: Union[str, Any] = NVIDI
     detector_name = detector if isinstance(detector, str) else type(detector).__name__
     if isinstance(detector, str):
         log(f'Loading detector "{detector}"...')
-        if rank != 0:
-            dist.barrier()
-        try:
+        with dist.rank0_first():
             detector = load_detector(detector, device, verbose=(rank == 0))
-        finally:
-            if rank == 0:
-                dist.barrier()
 
     log(f'Loading images from "{image_path}"...')
     dataset = ImageFiles(image_path, max_size=num_expected, random_seed=seed)

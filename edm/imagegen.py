@@ -19,13 +19,8 @@ Sampler = Callable[..., torch.Tensor]  # (net, latents, class_labels, randn_like
 def load_on_ranks(loader: Callable[[str], torch.nn.Module], spec: str, device: torch.device) -> torch.nn.Module:
     """loader(spec) on rank 0 first (it may download into the cache), then on the other ranks; eval, frozen, on
     device."""
-    if dist.get_rank() != 0:
-        dist.barrier()
-    try:
+    with dist.rank0_first():
         net = loader(spec)
-    finally:
-        if dist.get_rank() == 0:
-            dist.barrier()
     return net.eval().requires_grad_(False).to(device)
 
 

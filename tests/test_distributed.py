@@ -150,6 +150,17 @@ TORCHRUN_SCRIPT = textwrap.dedent('''
         ddp(inp).sum().backward()
     res['grad_sync'] = ddp.module.weight.grad.item()
 
+    # rank0_first: rank 0's body ends before rank 1's begins (rank 1 sees rank 0's file), even when it raises.
+    marker = os.path.join(sys.argv[1], 'rank0-first')
+    try:
+        with dist.rank0_first():
+            if rank == 0:
+                open(marker, 'w').close()
+                raise RuntimeError('rank 0 failed')
+            res['rank0_first'] = os.path.exists(marker)
+    except RuntimeError:
+        res['rank0_first'] = 'raised'
+
     dist.barrier()
     dist.print0('PRINT0-MARKER')
     with open(os.path.join(sys.argv[1], f'result{rank}.json'), 'w') as f:
@@ -184,3 +195,4 @@ def test_torchrun_two_ranks(tmp_path):
         assert out['grad_sync'] == 1.5
     assert res[0]['consistency'] == 'ok'
     assert 'Linear.weight' in res[1]['consistency']
+    assert res[0]['rank0_first'] == 'raised' and res[1]['rank0_first'] is True

@@ -3,10 +3,11 @@
 NCCL on CUDA machines, gloo otherwise. On a machine without CUDA no CUDA function other than
 `torch.cuda.is_available()` is ever called.
 """
+import contextlib
 import math
 import os
 import socket
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -69,6 +70,19 @@ def barrier() -> None:
     """Wait for all ranks; a no-op without a process group or in a world of one."""
     if get_world_size() > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def rank0_first() -> Iterator[None]:
+    """The body runs on rank 0 first, then on the other ranks (a download or cache fill happens once); the ranks
+    meet again even when rank 0's body raises."""
+    if get_rank() != 0:
+        barrier()
+    try:
+        yield
+    finally:
+        if get_rank() == 0:
+            barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -216,11 +216,8 @@ def training_loop(
     # Resume training from previous snapshot ("rank 0 first").
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        if rank != 0:
-            dist.barrier()
-        data = load_pkl(resume_pkl)
-        if rank == 0:
-            dist.barrier()
+        with dist.rank0_first():
+            data = load_pkl(resume_pkl)
         misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
         misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
         del data
