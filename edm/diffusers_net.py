@@ -28,6 +28,7 @@ from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dnnlib.util import UserError
+from torch_utils.misc import shape_mismatch
 
 PREFIX = 'diffusers:'
 WEIGHTS = 'diffusion_pytorch_model.safetensors'
@@ -178,12 +179,12 @@ def build_unet(config: Dict[str, Any], weights: str, path: str) -> torch.nn.Modu
 
 def _difference(expected: Dict[str, tuple], found: Dict[str, tuple]) -> str:
     """One phrase saying how the file's tensors differ from the network's."""
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    missing, extra, reshaped = shape_mismatch(expected, found)
     if missing:
         return f'{len(missing)} missing, e.g. {missing[0]}'
     if extra:
         return f'{len(extra)} unexpected, e.g. {extra[0]}'
-    name = next(n for n in expected if expected[n] != found[n])
+    name = reshaped[0]
     return f'{name} is {list(found[name])}, the config needs {list(expected[name])}'
 
 

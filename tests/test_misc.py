@@ -239,3 +239,10 @@ def test_print_module_summary_removes_hooks():
     net = _TwoOut()
     misc.print_module_summary(net, [torch.zeros(1, 3, 4, 4)])
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_shape_mismatch_names_missing_extra_and_reshaped_tensors():
+    expected = {'a': (2, 3), 'b': (4,), 'c': (1,)}
+    found = {'b': [4], 'c': (2,), 'd': (5,)}
+    assert misc.shape_mismatch(expected, found) == (['a'], ['d'], ['c'])
+    assert misc.shape_mismatch(expected, dict(expected)) == ([], [], [])

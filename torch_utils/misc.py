@@ -143,6 +143,16 @@ def params_and_buffers(module: torch.nn.Module) -> List[torch.Tensor]:
     return list(module.parameters()) + list(module.buffers())
 
 
+def shape_mismatch(expected: Dict[str, Sequence[int]],
+                   found: Dict[str, Sequence[int]]) -> Tuple[List[str], List[str], List[str]]:
+    """Tensor names of `expected` missing from `found`, names only in `found`, and shared names of another shape
+    (in the order of the dicts)."""
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    reshaped = [name for name in expected if name in found and list(found[name]) != list(expected[name])]
+    return missing, extra, reshaped
+
+
 def named_params_and_buffers(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
     """(name, tensor) for all parameters followed by all buffers of module."""
     return list(module.named_parameters()) + list(module.named_buffers())

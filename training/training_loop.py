@@ -96,9 +96,7 @@ def network_mismatch(src: torch.nn.Module, network_kwargs: dict, interface: Dict
     with torch.random.fork_rng(devices=[]):                         # drawing the weights leaves the RNG as it was
         dst = construct_network(network_kwargs, interface, on_meta=on_meta)
     dst_shapes = {name: list(t.shape) for name, t in misc.named_params_and_buffers(dst)}
-    missing = [name for name in dst_shapes if name not in src_shapes]
-    extra = [name for name in src_shapes if name not in dst_shapes]
-    reshaped = [name for name in dst_shapes if name in src_shapes and src_shapes[name] != dst_shapes[name]]
+    missing, extra, reshaped = misc.shape_mismatch(dst_shapes, src_shapes)
     if exact:
         fits = src_class == network_kwargs['class_name'] and not (missing or extra or reshaped)
     else:
