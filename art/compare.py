@@ -20,7 +20,6 @@ from art import metrics
 from art.methods import MAKER_METHODS, ScheduleMaker
 from art.schedules import Schedule, baseline_schedule, check_network_fit, load_schedule
 from edm import fid, grids
-from edm.images import to_uint8
 from edm.rng import seed_latents
 from edm.sampler import SOLVERS, nfe, sample, sample_batches
 
@@ -88,13 +87,11 @@ class SeedSet:
 
     def fid(self, sigmas: np.ndarray, solver: str, detector, ref: Dict[str, np.ndarray], batch: int) -> float:
         """FID of the images sampled from these latents with the grid against the reference statistics."""
-        def batches():
+        def samples():
             for start in range(0, len(self.seeds), batch):
                 labels = None if self.labels is None else self.labels[start:start + batch]
-                x = sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
-                yield torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2)                  # as the PNGs hold them
-        mu, sigma = fid.images_stats(detector, batches(), self.latents.device)
-        return fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
+                yield sample(self.net, self.latents[start:start + batch], sigmas, class_labels=labels, solver=solver)
+        return fid.samples_fid(detector, samples(), ref, self.latents.device)
 
 
 def run_bench(network: str, net: torch.nn.Module, steps: Sequence[int], sources: Sequence[Union[str, ScheduleSource]],

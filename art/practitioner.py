@@ -29,7 +29,7 @@ cells. (On the tiny random test UNet, whose field is rough in t, doubling RK4's 
 endpoints by 5.7, 2.3 and 0.47 in norm, of about 1,400; with its time embedding silenced, a smooth field, the change
 shrinks about 20-30-fold a doubling from 8 steps on.)
 
-LeNet-FID: the final images quantised as generate_art writes PNGs (edm.images.to_uint8), the detector of `fid.py
+LeNet-FID: the final images quantised as generate_art writes PNGs (edm.fid.samples_fid), the detector of `fid.py
 --detector=lenet`, against the shipped statistics of the 60k training images (edm.lenet.REFERENCE), `fid_num` images a
 cell. Costs: each project grid's network evaluations and CPU seconds from its schedule's provenance.
 """
@@ -51,7 +51,6 @@ from art.networks import ASSETS, load_network_spec
 from art.schedules import Schedule, check_network_fit, load_schedule
 from edm import fid, lenet
 from edm.diffusers_net import PREFIX as DIFFUSERS_PREFIX, model_files
-from edm.images import to_uint8
 from edm.rng import seed_latents
 
 SHIPPED_MODEL = ASSETS / 'ddpm-fmnist28-cond'      # the diffusers model trained here (scripts/train_ddpm_fmnist.py)
@@ -158,14 +157,6 @@ def sample_cell(unet: torch.nn.Module, make_scheduler: Callable[[], Any], latent
     return torch.cat(chunks), counter.calls // len(chunks)
 
 
-def images_fid(images: torch.Tensor, detector: Any, ref: Mapping[str, np.ndarray], batch: int) -> float:
-    """FID of sampled images (NCHW, data scale) quantised as PNGs hold them, against reference statistics."""
-    batches = (torch.from_numpy(to_uint8(images[i:i + batch])).permute(0, 3, 1, 2)
-               for i in range(0, len(images), batch))
-    mu, sigma = fid.images_stats(detector, batches)
-    return fid.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
-
-
 def _head(labels: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
     """The first n labels (None stays None)."""
     return None if labels is None else labels[:n]
@@ -259,7 +250,7 @@ def run_cell(row: Row, num_steps: int, schedule: Optional[Schedule], inputs: Cel
     images, nfe = sample_cell(inputs.net.unet, make, inputs.latents, inputs.class_indices, opts.batch)
     cell.update(nfe=nfe, levels=levels.tolist(), rms=metrics.rms_error(images[:opts.num], inputs.reference),
                 fid=None if inputs.fid_ref is None else
-                images_fid(images[:opts.fid_num], inputs.detector, inputs.fid_ref, opts.batch),
+                fid.samples_fid(inputs.detector, images[:opts.fid_num].split(opts.batch), inputs.fid_ref),
                 seconds=round(time.perf_counter() - start, 3))
     log(f'diffusers: {row.name} K={num_steps}: NFE {nfe}, rms {cell["rms"]:.4g}'
         + ('' if cell['fid'] is None else f', LeNet-FID {cell["fid"]:.4g}') + f' ({cell["seconds"]:.0f} s)')

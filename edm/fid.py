@@ -27,7 +27,7 @@ import json
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -38,6 +38,7 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from edm import lenet
+from edm.images import to_uint8
 from torch_utils import distributed as dist
 
 NVIDIA_DETECTOR_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/'
@@ -389,6 +390,15 @@ class FeatureStats:
         mu = self.mu_sum / self.num
         sigma = (self.s_sum - torch.outer(mu, mu) * self.num) / (self.num - 1)
         return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def samples_fid(detector: Any, samples: Iterable[torch.Tensor], ref: Mapping[str, np.ndarray],
+                device: torch.device = torch.device('cpu')) -> float:
+    """FID against reference statistics of sampler output batches (NCHW, data scale), quantised as the PNGs that
+    generate_art writes hold them (edm.images.to_uint8)."""
+    batches = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in samples)
+    mu, sigma = images_stats(detector, batches, device)
+    return frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
 
 
 def images_stats(detector: Any, batches: Iterable[torch.Tensor],

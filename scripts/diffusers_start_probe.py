@@ -44,7 +44,7 @@ def main(network: str, num: int, starts: str, grid_starts: str, steps: list) -> 
         start = time.time()
         images, nfe = P.sample_cell(net.unet, make, latents, classes, 50)
         click.echo(f'{name}: NFE {nfe}, start {P.scheduler_levels(make())[0]:.4g}, LeNet-FID '
-                   f'{P.images_fid(images, detector, ref, 50):.2f} ({time.time() - start:.0f} s)')
+                   f'{fid.samples_fid(detector, images.split(50), ref):.2f} ({time.time() - start:.0f} s)')
 
     for sigma_max in map(float, starts.split(',')):
         sigmas = grids.edm_sigmas(40, net.sigma_min, min(sigma_max, net.sigma_max))
