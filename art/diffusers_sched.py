@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from dnnlib.util import UserError
-from edm.diffusers_net import PREDICTIONS
+from edm.diffusers_net import prediction_type
 
 # Supported schedulers: diffusers class name -> the solver of edm.sampler it runs.
 SCHEDULERS: Dict[str, str] = {'EulerDiscreteScheduler': 'euler', 'HeunDiscreteScheduler': 'heun',
@@ -121,9 +121,7 @@ def build_scheduler(name: str, scheduler_config: Mapping[str, Any], sigmas: Sequ
     `sigmas`; UserError if it cannot take it."""
     import diffusers   # pylint: disable=import-outside-toplevel
     check_scheduler(name)
-    prediction = scheduler_config.get('prediction_type', 'epsilon')
-    if prediction not in PREDICTIONS:
-        raise UserError(f'prediction_type {prediction!r} is not one of {", ".join(PREDICTIONS)}')
+    prediction_type(scheduler_config, 'the scheduler config')
     scheduler = getattr(diffusers, name).from_config(dict(scheduler_config), **OVERRIDES[name])
     scheduler.set_timesteps(**timestep_args(scheduler, sigmas))
     return scheduler

@@ -21,7 +21,7 @@ import contextlib
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch.autograd import forward_ad
@@ -125,12 +125,19 @@ def model_files(folder: str) -> Tuple[str, str, str]:
     return files
 
 
+def prediction_type(scheduler_config: Mapping[str, Any], where: str) -> str:
+    """The config's prediction_type (diffusers' default 'epsilon'); one UserError line, naming `where`, unless it is
+    one of PREDICTIONS."""
+    prediction = scheduler_config.get('prediction_type', 'epsilon')
+    if prediction not in PREDICTIONS:
+        raise UserError(f'{where}: prediction_type {prediction!r} is not one of {", ".join(PREDICTIONS)}')
+    return prediction
+
+
 def noise_table(scheduler_config: Dict[str, Any], path: str) -> Tuple[torch.Tensor, str]:
     """alpha_bar[t] of the training schedule (diffusers' own table) and the prediction type."""
     from diffusers import DDPMScheduler   # pylint: disable=import-outside-toplevel
-    prediction = scheduler_config.get('prediction_type', 'epsilon')
-    if prediction not in PREDICTIONS:
-        raise UserError(f'{path}: prediction_type {prediction!r} is not one of {", ".join(PREDICTIONS)}')
+    prediction = prediction_type(scheduler_config, path)
     if str(scheduler_config.get('_class_name', '')).startswith('EDM'):
         raise UserError(f'{path}: {scheduler_config["_class_name"]} is for EDM-parameterised models; '
                         f'diffusers:FOLDER takes discrete-time VP (DDPM/DDIM) models')

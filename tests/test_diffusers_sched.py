@@ -159,6 +159,12 @@ def test_unsupported_schedulers_are_refused(model, name, message):
         ds.export_snippet(name, art_grid(net))
 
 
+def test_a_config_of_another_prediction_type_is_refused(model):
+    net, config = model
+    with pytest.raises(UserError, match="scheduler config: prediction_type 'flow' is not one of epsilon"):
+        ds.build_scheduler('EulerDiscreteScheduler', dict(config, prediction_type='flow'), art_grid(net))
+
+
 @pytest.mark.parametrize('name, grid, message', [
     ('HeunDiscreteScheduler', [500.0, 1.0, 0.0], "outside the model's noise table"),
     ('DPMSolverMultistepScheduler', [1.0, 0.5, 0.001, 0.0], "outside the model's noise table"),
