@@ -106,7 +106,7 @@ def check_options(opts: DiffusersOptions) -> None:
                         f'save_pretrained wrote, or leave diffusers out of --settings')
     model_files(opts.network)
     if opts.art_rl_file:
-        load_schedule(opts.art_rl_file)
+        load_schedule(opts.art_rl_file, resample=True, sigma_max=opts.sigma_max)
 
 
 def scheduler_config(folder: str) -> Dict[str, Any]:
@@ -203,7 +203,7 @@ def grid_makers(net: torch.nn.Module, network: str, opts: DiffusersOptions,
         note = check_network_fit(load_schedule(opts.art_rl_file), net, network, opts.art_rl_file)
         if note:
             log(f'Note: {note}')
-        makers['art-rl'] = lambda k: load_schedule(opts.art_rl_file, num_steps=k, resample=True)
+        makers['art-rl'] = lambda k: load_schedule(opts.art_rl_file, k, resample=True, sigma_max=opts.sigma_max)
     return {method: makers[method] for method in GRID_METHODS if method in makers}
 
 

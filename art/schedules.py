@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import scipy.interpolate
+import scipy.optimize
 
 import dnnlib
 from dnnlib.util import UserError
@@ -131,12 +132,19 @@ class Clock:
     def __post_init__(self):
         self.u, self.sigma = _check_clock(self.u, self.sigma, '<clock>')
 
-    def grid(self, num_steps: int) -> np.ndarray:
-        """The K+1 grid at u = i/K: monotone PCHIP of sigma^(1/7) against u, then back to sigma."""
+    def grid(self, num_steps: int, sigma_max: Optional[float] = None) -> np.ndarray:
+        """The K+1 grid at u = i/K: monotone PCHIP of sigma^(1/7) against u, then back to sigma. With sigma_max
+        below the clock's start, the clock's part below it, its time renormalised: u = u_0 + (1 - u_0) i/K where
+        sigma(u_0) = sigma_max (the same spacing of the levels it keeps, a later start)."""
+        top = float(self.sigma[0]) if sigma_max is None else float(sigma_max)
+        if not 0 < top <= self.sigma[0]:
+            raise ValueError(f'the clock runs from sigma {self.sigma[0]:g}; it cannot start at {top:g}')
         v_of_u = scipy.interpolate.PchipInterpolator(self.u, self.sigma ** (1 / grids.RHO))
-        v = v_of_u(np.arange(num_steps + 1) / num_steps)
+        u0 = 0.0 if top == self.sigma[0] else scipy.optimize.brentq(lambda u: v_of_u(u) - top ** (1 / grids.RHO),
+                                                                     0.0, 1.0, xtol=1e-14)
+        v = v_of_u(u0 + (1 - u0) * np.arange(num_steps + 1) / num_steps)
         sigmas = np.maximum(v, 0.0) ** grids.RHO
-        sigmas[0], sigmas[-1] = self.sigma[0], 0.0
+        sigmas[0], sigmas[-1] = top, 0.0
         return sigmas
 
 
@@ -252,17 +260,22 @@ class Schedule:
         return cls(data['method'], sigmas, data.get('solver'), clock, dict(data.get('provenance', {})),
                    dict(data.get('metrics', {})))
 
-    def resample(self, num_steps: int) -> 'Schedule':
-        """The schedule at another K (clock if present, else log-linear); provenance records it, metrics move there."""
+    def resample(self, num_steps: int, sigma_max: Optional[float] = None) -> 'Schedule':
+        """The schedule at another K (clock if present, else log-linear) or, from its clock only, starting lower at
+        sigma_max (Clock.grid); provenance records it, metrics move there."""
         grids.check_num_steps(num_steps)
-        if num_steps == self.num_steps:
+        if sigma_max is None and num_steps == self.num_steps:
             return dataclasses.replace(self, sigmas=self.sigmas.copy())
         if self.clock is not None:
-            sigmas, rule = self.clock.grid(num_steps), f'clock: PCHIP of sigma^(1/{grids.RHO:g}) at u = i/K'
-        else:
+            sigmas, rule = self.clock.grid(num_steps, sigma_max), f'clock: PCHIP of sigma^(1/{grids.RHO:g}) at u = i/K'
+        elif sigma_max is None:
             sigmas, rule = resample_loglinear(self.sigmas, num_steps), 'log-linear: log sigma against i/(K-1), then 0'
+        else:
+            raise ValueError(f'it has no clock to start at sigma {sigma_max:g} from')
+        restart = {} if sigma_max is None else {'sigma_max': float(sigma_max), 'rule_of_start': (
+            "the clock's part below sigma_max, its time renormalised")}
         provenance = dict(self.provenance, resampled={'from_steps': self.num_steps, 'to_steps': int(num_steps),
-                                                      'rule': rule, 'metrics_at_from_steps': self.metrics})
+                                                      'rule': rule, **restart, 'metrics_at_from_steps': self.metrics})
         return Schedule(self.method, sigmas, self.solver, self.clock, provenance, {})
 
 
@@ -272,8 +285,10 @@ def save_schedule(schedule: Schedule, path: PathLike) -> Path:
     return Path(dnnlib.util.atomic_write_text(path, text))
 
 
-def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: bool = False) -> Schedule:
-    """Read and validate a schedule file; with num_steps != K resample if allowed, else raise ScheduleError."""
+def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: bool = False,
+                  sigma_max: Optional[float] = None) -> Schedule:
+    """Read and validate a schedule file; with num_steps != K (or a later start sigma_max: Schedule.resample)
+    resample if allowed, else raise ScheduleError."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -283,13 +298,14 @@ def load_schedule(path: PathLike, num_steps: Optional[int] = None, resample: boo
     except json.JSONDecodeError as exc:
         raise ScheduleError(f'{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})') from None
     schedule = Schedule.from_dict(data, str(path))
-    if num_steps is None or num_steps == schedule.num_steps:
+    num_steps = schedule.num_steps if num_steps is None else num_steps
+    if num_steps == schedule.num_steps and sigma_max is None:
         return schedule
     if not resample:
         raise ScheduleError(f'{path}: schedule has {schedule.num_steps} steps but {num_steps} were requested '
                             f'(allow resampling to use it at another K)')
     try:
-        return schedule.resample(num_steps)
+        return schedule.resample(num_steps, sigma_max)
     except ValueError as exc:
         raise ScheduleError(f'{path}: cannot resample to {num_steps} steps: {exc}') from None
 

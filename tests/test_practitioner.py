@@ -1,5 +1,7 @@
 """art.practitioner: the practitioner's table on the tiny diffusers UNet (rows, same latents, measured NFE, the
 reference solve, the missing-folder line), run once at toy size and shared by the tests."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -163,13 +165,20 @@ def test_the_report_setting_writes_the_table(setup, monkeypatch, tmp_path):
     assert (tmp_path / 'r' / 'diffusers-practitioner.png').is_file()
 
 
-def test_sigma_max_sets_where_the_project_grids_start(tiny_diffusers):
+def test_sigma_max_sets_where_the_project_grids_start(tiny_diffusers, tmp_path):
     # --diffusers-sigma-max: the closed form (estimated over the range, not the cached default clock), gits and
-    # direct all start there.
+    # direct all start there; ART-RL's file reads its clock's part below it.
     net = load_network_spec('diffusers:' + tiny_diffusers)
+    clock = grids.make_sigmas('edm', 4, sigma_max=80.0, sigma_min=0.02)
+    save_schedule(Schedule('art-rl', clock, clock=clock_from_grid(clock)), tmp_path / 'rl.json')
     opts = DiffusersOptions(network=tiny_diffusers, gits_latents=2, gits_levels=5, direct_steps=(2,),
-                            direct_latents=2, direct_iters=1, reference_steps=4, sigma_max=5.0)
+                            direct_latents=2, direct_iters=1, reference_steps=4, sigma_max=5.0,
+                            art_rl_file=str(tmp_path / 'rl.json'))
+    check_options(opts)
     makers = practitioner.grid_makers(net, 'diffusers:' + tiny_diffusers, opts, log=lambda line: None)
-    for method in ('closed-form', 'gits', 'direct'):
+    for method in ('closed-form', 'art-rl', 'gits', 'direct'):
         sigmas = makers[method](2).sigmas
         assert sigmas[0] == 5.0 and sigmas[-1] == 0.0, method
+    save_schedule(Schedule('art-rl', clock), tmp_path / 'grid.json')          # no clock: cannot start lower
+    with pytest.raises(UserError, match='grid.json: cannot resample to 4 steps: it has no clock to start at sigma 5'):
+        check_options(dataclasses.replace(opts, art_rl_file=str(tmp_path / 'grid.json')))

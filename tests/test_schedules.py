@@ -192,6 +192,24 @@ def test_clock_resampling_is_exact_on_power_law_clocks():
     np.testing.assert_allclose(clock.grid(K), (80 ** (1 / 7) * (1 - np.arange(K + 1) / K)) ** 7, rtol=1e-12)
 
 
+
+def test_a_clock_started_lower_keeps_its_spacing_below_the_start():
+    u = np.linspace(0, 1, 9)                    # power law: started at S it is EDM's sigma_min = 0 grid from S
+    clock = Clock(u, (80 ** (1 / 7) * (1 - u)) ** 7)
+    np.testing.assert_allclose(clock.grid(6, sigma_max=25.0), (25 ** (1 / 7) * (1 - np.arange(7) / 6)) ** 7,
+                               rtol=1e-10)
+    sched = baseline_schedule('edm', 18)        # started at its own level j, K = 18 - j reads its levels j..18
+    sched.clock = clock_from_grid(sched.sigmas)
+    for j in (3, 9):
+        later = sched.resample(18 - j, sigma_max=sched.sigmas[j])
+        np.testing.assert_allclose(later.sigmas, sched.sigmas[j:], rtol=1e-9)
+        assert later.provenance['resampled']['sigma_max'] == sched.sigmas[j]
+    assert sched.resample(18, sigma_max=80.0).sigmas.tolist() == sched.sigmas.tolist()
+    with pytest.raises(ValueError, match='runs from sigma 80; it cannot start at 100'):
+        sched.resample(5, sigma_max=100.0)
+    with pytest.raises(ValueError, match='no clock'):
+        baseline_schedule('edm', 18).resample(5, sigma_max=25.0)
+
 def test_schedule_constructor_validates():
     with pytest.raises(ScheduleError, match='strictly descending'):
         Schedule('x', np.array([1.0, 2.0, 0.0]))

@@ -33,7 +33,7 @@ def unet_config(resolution: int = 28, channels: int = 1, num_classes: int = 10) 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Options of a run; a resumed run must have the same ones, save a longer `kimg`."""
-    kimg: int = 300              # images shown, in thousands
+    kimg: int = 200              # images shown, in thousands
     batch: int = 64
     lr: float = 3e-4
     warmup_steps: int = 500      # linear learning-rate warm-up, then constant
@@ -70,7 +70,9 @@ def train(images: torch.Tensor, labels: torch.Tensor, run_dir: str, recipe: Reci
     """Train (or resume) in `run_dir` on uint8 images [N, C, H, W] and int labels [N]; returns the last snapshot."""
     os.makedirs(run_dir, exist_ok=True)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule='linear', prediction_type='epsilon')
-    unet = UNet2DModel(**unet_config(images.shape[2], images.shape[1], int(labels.max()) + 1))
+    with torch.random.fork_rng(devices=[]):            # the initial weights from the recipe's seed, not the process's
+        torch.manual_seed(recipe.seed)
+        unet = UNet2DModel(**unet_config(images.shape[2], images.shape[1], int(labels.max()) + 1))
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     ema = EMAModel(unet.parameters(), decay=recipe.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=recipe.ema_power)
