@@ -35,6 +35,7 @@ cell. Costs: each project grid's network evaluations and CPU seconds from its sc
 """
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -258,7 +259,7 @@ def run_cell(row: Row, num_steps: int, schedule: Optional[Schedule], inputs: Cel
 
 
 def practitioner_table(opts: DiffusersOptions, detector: Any = 'lenet', fid_ref: str = lenet.REFERENCE,
-                       log: Callable[[str], Any] = print) -> Dict[str, Any]:
+                       log: Callable[[str], Any] = functools.partial(print, flush=True)) -> Dict[str, Any]:
     """Every cell of the table (module docstring, run_cell) with the sizes and the reference's check:
     {'cells', 'network', 'num', 'fid_num', 'reference'}. A project row has no cell where its grid is not made
     (direct outside `direct_steps`)."""
