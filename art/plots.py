@@ -155,13 +155,14 @@ def plot_metric_vs_nfe(rows: Iterable[Mapping], path: PathLike, metric_name: str
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
         nfes = [n for points in series.values() for n, _ in points]
-        for name, points in series.items():
+        for i, (name, points) in enumerate(series.items()):
             points.sort()
             shown = [(n, v) for n, v in points if math.isfinite(v) and v > 0]
             hidden = len(points) - len(shown)
             label = f'{name} ({hidden} value(s) <= 0 not shown)' if hidden else name
             xs, ys = zip(*shown) if shown else ((), ())     # a fully hidden series still gets its legend entry
-            ax.plot(xs, ys, marker='o', markersize=4, linewidth=1.2, label=label)
+            style = ('-', '--', ':', '-.')[i // 10 % 4]      # past the 10 colours of the cycle, another line style
+            ax.plot(xs, ys, marker='o', markersize=4, linewidth=1.2, linestyle=style, label=label)
         ax.set_yscale('log')
         if min(nfes) > 0 and max(nfes) >= 10 * min(nfes):
             ax.set_xscale('log')

@@ -82,3 +82,17 @@ def test_plot_metric_vs_nfe(tmp_path):
     assert fmt == 'PNG' and width > 300 and height > 200
     with pytest.raises(ValueError):
         plots.plot_metric_vs_nfe([], tmp_path / 'empty.png', 'W2')
+
+
+def test_more_lines_than_colours_get_another_style(tmp_path, monkeypatch):
+    import matplotlib.axes
+    drawn, plot = [], matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        drawn.append((kwargs['label'], kwargs.get('linestyle')))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, 'plot', record)
+    rows = [dict(schedule=f's{i}', nfe=n, value=1.0 + i) for i in range(12) for n in (5, 10)]
+    plots.plot_metric_vs_nfe(rows, tmp_path / 'many.png', 'FID')
+    assert [style for _, style in drawn] == ['-'] * 10 + ['--'] * 2
