@@ -23,11 +23,12 @@ evaluations) on EDM's rho = 7 grid of `reference_steps` steps over the model's w
 of its noise table (where a pipeline starting at sigma_max starts, to 1/(2 sigma_max^2) relative). A row starting lower
 carries that truncation in its rms: with the 'leading' spacing a saved DDPM config names, DDIM, Euler and Euler with
 Karras sigmas start at t = T - T/K, DPM-Solver++(2M) and UniPC at t = K floor((T - 1)/(K + 1)) (only DPM-Solver's
-Karras sigmas start at the top); the project's grids start at EDM's horizon 80. High accuracy is measured, not
-assumed: `reference_check` latents are solved again with twice the steps and their distance is reported beside the
-cells. (On the tiny random test UNet, whose field is rough in t, doubling RK4's steps from 16 to 128 moved the
-endpoints by 5.7, 2.3 and 0.47 in norm, of about 1,400; with its time embedding silenced, a smooth field, the change
-shrinks about 20-30-fold a doubling from 8 steps on.)
+Karras sigmas start at the top); the project's grids start at EDM's horizon 80 or at `sigma_max` (an ART-RL file's
+clock then read below it, Clock.grid). High accuracy is measured, not assumed: `reference_check` latents are
+solved again with twice the steps and their distance is reported beside the cells. (On the tiny random test UNet,
+whose field is rough in t, doubling RK4's steps from 16 to 128 moved the endpoints by 5.7, 2.3 and 0.47 in norm, of
+about 1,400; with its time embedding silenced, a smooth field, the change shrinks about 20-30-fold a doubling from 8
+steps on.)
 
 LeNet-FID: the final images quantised as generate_art writes PNGs (edm.fid.samples_fid), the detector of `fid.py
 --detector=lenet`, against the shipped statistics of the 60k training images (edm.lenet.REFERENCE), `fid_num` images a
