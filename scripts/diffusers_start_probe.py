@@ -17,8 +17,8 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from art import practitioner as P  # noqa: E402
-from art.closed_form import closed_form_schedule  # noqa: E402
 from art.diffusers_sched import build_scheduler  # noqa: E402
+from art.methods import ScheduleMaker  # noqa: E402
 from art.networks import load_network_spec  # noqa: E402
 from edm import fid, grids, lenet  # noqa: E402
 from edm.cli import Command, steps_callback  # noqa: E402
@@ -52,13 +52,15 @@ def main(network: str, num: int, first_seed: int, starts: str, grid_starts: str,
     for sigma_max in [float(s) for s in starts.split(',') if s.strip()]:
         sigmas = grids.edm_sigmas(40, net.sigma_min, min(sigma_max, net.sigma_max))
         score(f'DPM++(2M) K=40 EDM grid from {sigma_max:g}', lambda s=sigmas: build_scheduler(P.DPM, config, s))
+    # One clock per start serves every K and both schedulers.
+    closed_forms = {sigma_max: ScheduleMaker('closed-form', net, spec, options=dict(sigma_max=sigma_max))
+                    for sigma_max in map(float, grid_starts.split(','))}
     for k in steps:
         for label, scheduler in P.GRID_SCHEDULERS.items():
             score(f'K={k} {label} default', lambda r=P.Row(label, scheduler): P.default_scheduler(r, config, k))
-            for sigma_max in map(float, grid_starts.split(',')):
-                sigmas = closed_form_schedule(net, k, network=spec, sigma_max=sigma_max).sigmas
+            for sigma_max, closed_form in closed_forms.items():
                 score(f'K={k} {label} + closed form from {sigma_max:g}',
-                      lambda s=sigmas, name=scheduler: build_scheduler(name, config, s))
+                      lambda s=closed_form(k).sigmas, name=scheduler: build_scheduler(name, config, s))
 
 
 if __name__ == '__main__':
